@@ -1,0 +1,82 @@
+"""`make run`: the gateway in the foreground on the GW_* settings.
+
+Starts a local redis-server and rtpengine only where none answers at the
+configured address, then Kamailio with the KEMI app; logs go to the terminal.
+Ctrl-C or SIGTERM stops everything this process started, and nothing else.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from gw import stack
+from kemi import settings as settings_mod
+
+
+def main() -> int:
+    try:
+        cfg = settings_mod.load()
+    except settings_mod.SettingsError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = Path(os.environ.get("GW_RUN_DIR", stack.ROOT / ".run")).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started: list[stack.Daemon] = []
+
+    def stop_all(*_: object) -> None:
+        for daemon in reversed(started):
+            daemon.stop()
+        started.clear()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        redis = stack.redis_addr(cfg.redis_url)
+        if cfg.redis_url.startswith("redis://") and not stack.redis_ping(redis.host, redis.port):
+            if not stack.is_local(redis.host):
+                raise stack.StartError(f"GW_REDIS_URL: no Redis answers at {redis}")
+            data = run_dir / "redis"
+            data.mkdir(exist_ok=True)
+            d = stack.Daemon("redis-server", stack.redis_argv(redis, data)).start()
+            started.append(d)
+            stack.wait_for(lambda: stack.redis_ping(redis.host, redis.port), 10, "redis", d)
+            print(f"gateway: started redis-server on {redis} (pid {d.pid})", flush=True)
+        for ng in cfg.rtpengines:
+            if stack.ng_ping(ng):
+                continue
+            if not stack.is_local(ng.host):
+                print(f"gateway: warning: rtpengine {ng} does not answer", file=sys.stderr)
+                continue
+            d = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, ng)).start()
+            started.append(d)
+            stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", d)
+            print(f"gateway: started rtpengine ng={ng} media={cfg.media_ip} (pid {d.pid})", flush=True)
+        kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, run_dir)).start()
+        started.append(kam)
+        host, port = cfg.sip_listen.host, cfg.sip_listen.port
+        stack.wait_for(lambda: (stack.sip_options(host, port) or "").startswith("SIP/2.0 200"),
+                       20, "kamailio", kam)
+        print(f"gateway: ready: SIP {cfg.sip_listen} (udp/tcp), WebSocket ws://{cfg.ws_listen}, "
+              f"PBX {cfg.pbx}", flush=True)
+        while all(not d.exited() for d in started):
+            time.sleep(0.5)
+        dead = [d.name for d in started if d.exited()]
+        print(f"gateway: {', '.join(dead)} exited; stopping", file=sys.stderr)
+        return 1
+    except stack.StartError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gateway: stopping", file=sys.stderr)
+        return 0
+    finally:
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

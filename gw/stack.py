@@ -1,0 +1,177 @@
+"""Start the gateway's daemons and wait for them by protocol.
+
+Shared by `make run` (gw/run.py) and the pytest fixtures, so the tests start
+Kamailio, rtpengine and Redis exactly the way the product does.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Optional
+from urllib.parse import urlparse
+
+from kemi.ng import NgClient
+from kemi.settings import HostPort, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+KAMAILIO_CFG = ROOT / "kamailio.cfg"
+APP_PY = ROOT / "kemi" / "app.py"
+
+
+class StartError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------ probes
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
+    """A port free for both UDP and TCP on `host`."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        try:
+            with socket.socket(socket.AF_INET, other) as s:
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise StartError("no free port")
+
+
+def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"*1\r\n$4\r\nPING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def ng_ping(addr: HostPort, timeout: float = 0.5) -> bool:
+    return NgClient(addr.host, addr.port, timeout).ping()
+
+
+def sip_options(host: str, port: int, timeout: float = 0.5, proto: str = "udp") -> Optional[str]:
+    """Send OPTIONS to the gateway itself; return the status line, or None."""
+    branch = "z9hG4bK" + uuid.uuid4().hex[:16]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        lport = s.getsockname()[1]
+        msg = (
+            f"OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {host}:{lport};branch={branch};rport\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:probe@{host}>;tag={uuid.uuid4().hex[:8]}\r\n"
+            f"To: <sip:{host}:{port}>\r\nCall-ID: probe-{uuid.uuid4().hex}\r\n"
+            "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        )
+        s.settimeout(timeout)
+        s.sendto(msg.encode(), (host, port))
+        try:
+            data = s.recv(65535).decode(errors="replace")
+        except OSError:
+            return None
+    return data.split("\r\n", 1)[0]
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str,
+             proc: Optional["Daemon"] = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.exited():
+            raise StartError(f"{what}: {proc.name} exited with {proc.popen.returncode}")
+        time.sleep(0.05)
+    raise StartError(f"{what}: not ready after {timeout}s")
+
+
+# ----------------------------------------------------------------- daemons
+@dataclass
+class Daemon:
+    name: str
+    argv: list[str]
+    log_path: Optional[Path] = None
+    env: Optional[dict[str, str]] = None
+    popen: subprocess.Popen = field(init=False)
+    _log: Optional[IO[bytes]] = field(init=False, default=None)
+
+    def start(self) -> "Daemon":
+        if self.log_path is not None:
+            self._log = open(self.log_path, "ab")
+            out = self._log
+        else:
+            out = None  # inherit the terminal (make run)
+        # Own process group: Ctrl-C in `make run` reaches us, and we stop children in order.
+        self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def exited(self) -> bool:
+        return self.popen.poll() is not None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self.exited():
+            try:
+                os.kill(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        if self._log is not None:
+            self._log.close()
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+
+def redis_addr(url: str) -> HostPort:
+    parsed = urlparse(url)
+    return HostPort(parsed.hostname or "127.0.0.1", parsed.port or 6379)
+
+
+def redis_argv(addr: HostPort, data_dir: Path) -> list[str]:
+    # appendonly: registrations survive a Redis restart.
+    return ["redis-server", "--bind", addr.host, "--port", str(addr.port), "--dir", str(data_dir),
+            "--appendonly", "yes", "--save", "", "--daemonize", "no"]
+
+
+def rtpengine_argv(cfg: Settings, ng: HostPort, log_level: int = 5,
+                   ports: Optional[tuple[int, int]] = None) -> list[str]:
+    low, high = ports or cfg.media_ports
+    return ["rtpengine", "--config-file=none", "--table=-1", f"--interface={cfg.media_ip}",
+            f"--listen-ng={ng}", f"--port-min={low}", f"--port-max={high}", "--foreground",
+            "--log-stderr", f"--log-level={log_level}", "--delete-delay=0", "--timeout=60",
+            "--silent-timeout=3600", "--num-threads=2"]
+
+
+def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4, log_level: int = 2) -> list[str]:
+    defines = cfg.kamailio_defines() + [
+        f'CTL_SOCK="unix:{run_dir}/kamailio_ctl"',
+        f'APP_PY="{APP_PY}"',
+        f"LOG_LEVEL={log_level}",
+        f"CHILDREN={children}",
+    ]
+    argv = ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
+            "-P", str(run_dir / "kamailio.pid"), "-m", "128", "-M", "16"]
+    for d in defines:
+        argv += ["-A", d]
+    return argv
+
+
+def is_local(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost")

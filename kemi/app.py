@@ -1,0 +1,415 @@
+"""The gateway's routing: a Kamailio KEMI application (app_python3).
+
+Kamailio imports this file in its main process and forks workers from it; each
+worker then calls the route methods below. Routes follow Kamailio's canonical
+blocks, in order. Only this file touches KSR: SDP/flag choice, bindings and
+settings are pure modules next to it.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(_ROOT))
+# Kamailio embeds Debian's python3; packages it lacks (bencode.py) come from the
+# project's venv, built on that same interpreter.
+for _site in sorted((_ROOT / ".venv" / "lib").glob("python3*/site-packages")):
+    sys.path.append(str(_site))
+
+import KSR  # noqa: E402  (provided by app_python3)
+
+from kemi import bindings, logfmt, media, settings as settings_mod  # noqa: E402
+from kemi.bindings import Binding  # noqa: E402
+from kemi.media import Op, Side  # noqa: E402
+from kemi.store import BindingStore, StoreError  # noqa: E402
+
+# Transaction flags (kept by tm across request, reply and failure routes).
+FL_REQ_SDP = 1        # the INVITE/UPDATE carried an offer, so replies carry answers
+FL_TO_WS = 2          # the request goes to a WebRTC phone over its WebSocket
+FL_MEDIA = 3          # rtpengine holds a session for this call
+FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go back there)
+
+AVP_BINDING = "$avp(gw_binding)"
+AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
+RETRY_AFTER_S = 5
+
+
+def _log(level: str, event: str, **fields: object) -> None:
+    fields.setdefault("call_id", KSR.kx.get_callid())
+    text = logfmt.line(event, **fields) + "\n"
+    if level == "err":
+        KSR.err(text)
+    elif level == "warn":
+        KSR.warn(text)
+    elif level == "dbg":
+        KSR.dbg(text)
+    else:
+        KSR.info(text)
+
+
+def _reply(code: int, reason: str, event: str, retry_after: int | None = None, **fields: object) -> None:
+    """Stateless reply plus the one log line that explains it."""
+    if retry_after is not None:
+        KSR.hdr.append_to_reply(f"Retry-After: {retry_after}\r\n")
+    KSR.sl.sl_send_reply(code, reason)
+    _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
+
+
+def _pv(name: str) -> str:
+    value = KSR.pv.get(name)
+    return "" if value is None else str(value)
+
+
+def _resolve(host: str) -> str:
+    try:
+        return socket.getaddrinfo(host, None)[0][4][0]
+    except OSError:
+        return host
+
+
+def mod_init() -> "Gateway":
+    return Gateway(settings_mod.load())
+
+
+class Gateway:
+    def __init__(self, cfg: settings_mod.Settings) -> None:
+        self.cfg = cfg
+        self.store = BindingStore(cfg.redis_url)
+        self.pbx_uri = cfg.pbx_uri
+        self.trusted = {_resolve(h) for h in cfg.trusted_sources}
+        self.node = str(cfg.sip_listen)
+
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    # ------------------------------------------------------------------ main
+    def ksr_request_route(self, msg: object) -> int:
+        if self.REQINIT():
+            return 1
+        if self._from_ws():
+            KSR.setflag(FL_FROM_WS)
+        self.NATDETECT()
+        if KSR.is_CANCEL():
+            # CANCEL follows its INVITE's transaction; rtpengine is cleaned up
+            # when the 487 reaches MANAGE_FAILURE.
+            if KSR.tm.t_check_trans() > 0:
+                self.RELAY()
+            return 1
+        if self.WITHINDLG():
+            return 1
+        if not KSR.is_ACK():
+            if KSR.tmx.t_precheck_trans() > 0:
+                KSR.tm.t_check_trans()
+                return 1
+            if KSR.tm.t_check_trans() == 0:
+                return 1
+        if KSR.is_REGISTER():
+            self.REGISTRAR()
+            return 1
+        if not self.AUTH():
+            self.TO_PBX()
+            return 1
+        if not self.LOCATION():
+            return 1
+        if KSR.is_method_in("IS") or KSR.is_REFER():
+            KSR.rr.record_route()
+        if not self.MEDIA_OFFER():
+            return 1
+        self.RELAY()
+        return 1
+
+    # --------------------------------------------------------------- REQINIT
+    def REQINIT(self) -> bool:
+        """Why: drop garbage and answer keepalives before spending any work on them."""
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            _reply(483, "Too Many Hops", "reqinit.maxfwd")
+            return True
+        if KSR.sanity.sanity_check(17895, 7) < 0:
+            _log("warn", "reqinit.sanity", method=KSR.kx.get_method(), src=KSR.kx.get_srcip(),
+                 outcome="rejected")
+            return True
+        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.kx.get_ruser():
+            _reply(200, "Keepalive", "reqinit.options")
+            return True
+        return False
+
+    # ------------------------------------------------------------- NATDETECT
+    def NATDETECT(self) -> None:
+        """Why: phones sit behind NAT and WebSockets; reach them over the very
+        connection they used, whatever their Contact claims (*.invalid)."""
+        KSR.force_rport()
+        # Only phones are NATed by design; aliasing a PBX on a private network
+        # would be harmless but misleading in its dialogs.
+        if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
+            KSR.nathelper.add_contact_alias()
+
+    # ------------------------------------------------------------- WITHINDLG
+    def WITHINDLG(self) -> bool:
+        """Why: every in-dialog request (NOTIFY talk/hold, re-INVITE, BYE ...) must
+        follow the Record-Route set to the other side, media renegotiated on the way."""
+        if KSR.siputils.has_totag() < 0:
+            return False
+        if KSR.rr.loose_route() > 0:
+            self.DLGURI()
+            if KSR.is_BYE():
+                self._media_delete("bye")
+            elif KSR.is_method_in("IUP") or KSR.is_ACK():
+                if not self.MEDIA_OFFER():
+                    return True
+            if KSR.is_ACK():
+                KSR.tm.t_relay()
+                return True
+            self.RELAY()
+            return True
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                self.RELAY()
+            return True
+        _reply(404, "Not here", "withindlg.no_route")
+        return True
+
+    def DLGURI(self) -> None:
+        """Why: a phone's Contact carries ;alias=ip~port~ws (added by NATDETECT):
+        turn it back into the destination of its WebSocket connection."""
+        if KSR.siputils.uri_param("alias") > 0:
+            KSR.nathelper.handle_ruri_alias()
+
+    # ------------------------------------------------------------------ AUTH
+    def AUTH(self) -> bool:
+        """Why: the PBX authenticates agents, not us; what we decide is which way a
+        request goes. Only the PBX (or an allowed peer) reaches agents; phones,
+        WebRTC or plain SIP, only ever reach the PBX, which challenges them."""
+        return not self._from_ws() and KSR.kx.get_srcip() in self.trusted
+
+    # ------------------------------------------------------------- REGISTRAR
+    def REGISTRAR(self) -> None:
+        """Why: the PBX is the registrar and authenticates; the gateway forwards
+        REGISTER with a Path to itself and mirrors the granted binding into Redis."""
+        user = KSR.kx.get_tuser() or ""
+        if not bindings.valid_user(user):
+            _reply(400, "Bad To user", "registrar.bad_user", user=user)
+            return
+        contacts = bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))
+        ours = contacts[0] if contacts else None
+        try:
+            self.store.get(user)  # also proves Redis answers before the PBX is bothered
+        except StoreError as exc:
+            _reply(503, "Registration Store Unavailable", "registrar.redis_down",
+                   retry_after=RETRY_AFTER_S, user=user, reason=exc)
+            return
+        if ours is not None and ours.uri != "*":
+            proto = KSR.kx.get_proto()
+            draft = Binding(
+                user=user,
+                contact=ours.uri,
+                received=bindings.source_uri(KSR.kx.get_srcip(), KSR.kx.get_srcport(), proto),
+                socket=f"{proto}:{KSR.kx.get_rcvip()}:{KSR.kx.get_rcvport()}",
+                conid=int(KSR.kx.get_conid() or 0),
+                node=self.node,
+                call_id=KSR.kx.get_callid(),
+                user_agent=KSR.kx.get_ua() or "",
+                instance=ours.params.get("+sip.instance", ""),
+            )
+            KSR.pv.sets(AVP_BINDING, draft.to_json())
+            KSR.pv.seti(AVP_REQ_EXPIRES, bindings.requested_expiry(ours, _pv("$hdr(Expires)")))
+        elif ours is not None:
+            KSR.pv.sets(AVP_BINDING, Binding(user, "*", "", "", 0, self.node).to_json())
+            KSR.pv.seti(AVP_REQ_EXPIRES, 0)
+        KSR.path.add_path_received()
+        KSR.setdsturi(self.pbx_uri)
+        _log("info", "registrar.forward", method="REGISTER", user=user, outcome="relay")
+        self.RELAY()
+
+    # -------------------------------------------------------------- LOCATION
+    def LOCATION(self) -> bool:
+        """Why: the PBX addresses an agent by DN (sip:<DN>@gateway) or by the
+        contact it learnt through Path; either way find the phone's WebSocket."""
+        if KSR.hdr.is_present("Route") > 0:
+            KSR.rr.loose_route_preloaded()
+        if KSR.siputils.uri_param("alias") > 0:
+            KSR.nathelper.handle_ruri_alias()
+            _log("info", "location.alias", method=KSR.kx.get_method(), outcome="found")
+            return True
+        user = KSR.kx.get_ruser() or ""
+        if not user or not KSR.is_myself_ruri():
+            _reply(404, "Not Found", "location.no_user", ruri=KSR.kx.get_ruri())
+            return False
+        try:
+            binding = self.store.get(user)
+        except StoreError as exc:
+            _reply(503, "Location Store Unavailable", "location.redis_down",
+                   retry_after=RETRY_AFTER_S, user=user, reason=exc)
+            return False
+        if binding is None:
+            _reply(404, "Not Found", "location.not_registered", user=user)
+            return False
+        if binding.node == self.node and KSR.tcpops.tcp_conid_state(binding.conid) != 1:
+            _reply(480, "Temporarily Unavailable", "location.connection_gone",
+                   user=user, conid=binding.conid)
+            return False
+        KSR.seturi(binding.contact)
+        KSR.setdsturi(binding.received)
+        _log("info", "location.found", method=KSR.kx.get_method(), user=user, dst=binding.received)
+        return True
+
+    # ----------------------------------------------------------------- RELAY
+    def TO_PBX(self) -> None:
+        """Why: everything a phone starts outside a dialog goes to the PBX."""
+        if KSR.is_method_in("IS") or KSR.is_REFER():
+            KSR.rr.record_route()
+        if not self.MEDIA_OFFER():
+            return
+        KSR.setdsturi(self.pbx_uri)
+        self.RELAY()
+
+    def RELAY(self) -> None:
+        """Why: relay statefully so replies, failures and timeouts come back to us."""
+        if KSR.is_method_in("IBSU") or KSR.is_REGISTER():
+            KSR.tm.t_on_reply("ksr_onreply_manage")
+        if KSR.is_INVITE():
+            KSR.tm.t_on_failure("ksr_failure_manage")
+        to_phone = self._to_ws()
+        if to_phone:
+            # A WebSocket cannot be dialled back: if the phone's connection is
+            # gone, fail now instead of trying to connect to it.
+            KSR.set_forward_no_connect()
+        if KSR.tm.t_relay() < 0:
+            if to_phone:
+                code, reason = 480, "Temporarily Unavailable"
+            else:
+                code, reason = 503, "Service Unavailable"
+            self._media_delete("relay_failed")
+            KSR.tm.t_reply(code, reason)
+            _log("warn", "relay.failed", method=KSR.kx.get_method(), dst=KSR.kx.get_duri(),
+                 outcome=code)
+
+    # ----------------------------------------------------------- MEDIA_OFFER
+    def MEDIA_OFFER(self) -> bool:
+        """Why: every SDP crossing the gateway goes through rtpengine with the
+        flags of the side that receives it. Returns False when a reply was sent."""
+        if KSR.textops.has_body_type("application/sdp") < 0:
+            return True
+        receiver = Side.PHONE if self._to_ws() else Side.PBX
+        sender = Side.PHONE if self._from_ws() else Side.PBX
+        if KSR.is_ACK() or KSR.is_PRACK():
+            op = Op.OFFER if KSR.isflagset(FL_REQ_SDP) < 0 and KSR.is_PRACK() else Op.ANSWER
+        else:
+            op = Op.OFFER
+            KSR.setflag(FL_REQ_SDP)
+        flags = str(media.flags(op, receiver, sender))
+        if op is Op.OFFER:
+            rc = KSR.rtpengine.rtpengine_offer(flags)
+        else:
+            rc = KSR.rtpengine.rtpengine_answer(flags)
+        if rc > 0:
+            KSR.setflag(FL_MEDIA)
+            return True
+        if KSR.is_ACK():
+            _log("err", "media.answer_failed", method="ACK", outcome="media_lost")
+            return True
+        _reply(503, "Media Relay Unavailable", "media.rtpengine_failed",
+               op=op.value, receiver=receiver.value)
+        return False
+
+    # ---------------------------------------------------------- MANAGE_REPLY
+    def ksr_onreply_manage(self, msg: object) -> int:
+        """Why: answers (or 3PCC offers in a 200 OK) go through rtpengine toward
+        the request's sender; a 2xx to REGISTER becomes the binding in Redis."""
+        status = KSR.kx.get_status()
+        method = _pv("$rm")
+        if method == "REGISTER":
+            self._register_reply(status)
+            return 1
+        if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
+            KSR.nathelper.add_contact_alias()
+        if 100 < status < 300 and KSR.textops.has_body_type("application/sdp") > 0:
+            # The reply goes back to whoever sent the request.
+            receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) > 0 else Side.PBX
+            sender = Side.PHONE if self._from_ws() else Side.PBX
+            op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) > 0 else Op.OFFER
+            flags = str(media.flags(op, receiver, sender))
+            rc = (KSR.rtpengine.rtpengine_answer(flags) if op is Op.ANSWER
+                  else KSR.rtpengine.rtpengine_offer(flags))
+            if rc < 0:
+                _log("err", "media.reply_failed", method=method, status=status, op=op.value)
+        return 1
+
+    def _register_reply(self, status: int) -> None:
+        draft_json = _pv(AVP_BINDING)
+        user = KSR.kx.get_tuser()
+        if status < 200:
+            return
+        if status >= 300 or not draft_json:
+            if status not in (401, 407):
+                _log("info", "registrar.reply", method="REGISTER", user=user, outcome=status)
+            return
+        draft = Binding.from_json(draft_json)
+        requested = int(KSR.pv.get(AVP_REQ_EXPIRES) or 0)
+        if draft.contact == "*":
+            expires = 0
+        else:
+            expires = bindings.granted_expiry(
+                _pv("$(hdr(Contact)[*])"), _pv("$hdr(Expires)"), draft.contact, requested)
+        try:
+            if expires > 0:
+                self.store.put(bindings.finalize(draft, expires))
+            else:
+                current = self.store.get(draft.user)
+                if current is not None and (draft.contact == "*" or current.contact == draft.contact):
+                    self.store.delete(draft.user)
+        except StoreError as exc:
+            _log("err", "registrar.redis_write_failed", method="REGISTER", user=draft.user,
+                 outcome="binding_not_saved", reason=exc)
+            return
+        _log("info", "registrar.saved", method="REGISTER", user=draft.user, expires=expires,
+             outcome=status)
+
+    # -------------------------------------------------------- MANAGE_FAILURE
+    def ksr_failure_manage(self, msg: object) -> int:
+        """Why: a call that failed, was cancelled or timed out must not leave a
+        session behind in rtpengine."""
+        self._media_delete("failure")
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        return 1
+
+    # ------------------------------------------------------------ websocket
+    def ksr_xhttp_event(self, msg: object, evname: str = "") -> int:
+        """Why: the WebSocket port also answers plain HTTP; upgrades become SIP
+        WebSockets only for allowed origins."""
+        if "websocket" in _pv("$hdr(Upgrade)").lower():
+            origin = _pv("$hdr(Origin)")
+            if self.cfg.ws_origins and origin not in self.cfg.ws_origins:
+                KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "origin not allowed\n")
+                _log("warn", "ws.origin_refused", origin=origin, src=KSR.kx.get_srcip())
+                return 1
+            if KSR.websocket.handle_handshake() > 0:
+                _log("info", "ws.open", src=f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}",
+                     conid=KSR.kx.get_conid())
+            return 1
+        KSR.xhttp.xhttp_reply(404, "Not Found", "application/json",
+                              '{"error": "unknown path"}\n')
+        return 1
+
+    def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
+        _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid())
+        return 1
+
+    # --------------------------------------------------------------- helpers
+    @staticmethod
+    def _from_ws() -> bool:
+        return bool(KSR.is_WSX())
+
+    @staticmethod
+    def _to_ws() -> bool:
+        """Is the next hop a phone's WebSocket? (decided by routing: $du or R-URI)"""
+        target = (KSR.kx.get_duri() or KSR.kx.get_ruri() or "").lower()
+        return "transport=ws" in target
+
+    def _media_delete(self, why: str) -> None:
+        if KSR.isflagset(FL_MEDIA) > 0 or KSR.is_BYE() or KSR.is_CANCEL():
+            KSR.rtpengine.rtpengine_delete("")
+            _log("info", "media.delete", why=why)

@@ -1,0 +1,145 @@
+"""Registration binding records (what Redis holds under gw:reg:<user>) and the
+SIP header arithmetic needed to build them. Pure Python, no Kamailio.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+KEY_PREFIX = "gw:reg:"
+DEFAULT_EXPIRES = 3600
+# A DN or SIP user part as registered by agents: keep keys predictable and safe.
+_USER_RE = re.compile(r"^[A-Za-z0-9_.!~*'()&=+$,;?/%-]{1,64}$")
+
+
+def key(user: str) -> str:
+    return KEY_PREFIX + user
+
+
+def valid_user(user: str) -> bool:
+    return bool(_USER_RE.match(user))
+
+
+@dataclass
+class Binding:
+    """One agent's registration, as stored in Redis (JSON)."""
+
+    user: str                 # the AOR user / DN (To user of the REGISTER)
+    contact: str              # the phone's Contact URI exactly as it sent it
+    received: str             # where the phone really is: sip:IP:PORT;transport=ws
+    socket: str               # the gateway socket the phone is connected to: ws:IP:PORT
+    conid: int                # Kamailio's TCP/WS connection id
+    node: str                 # the gateway node (GW_SIP_LISTEN) holding the connection
+    expires: int = 0          # granted expiry in seconds (Redis TTL)
+    registered_at: float = 0.0
+    call_id: str = ""
+    user_agent: str = ""
+    instance: str = ""        # +sip.instance, when the phone sends one
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "Binding":
+        data = json.loads(text)
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ContactSpec:
+    uri: str
+    params: dict[str, str]
+
+    @property
+    def expires(self) -> int | None:
+        value = self.params.get("expires")
+        return int(value) if value is not None and value.isdigit() else None
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on `sep` outside <>, quotes."""
+    out, buf, depth, quoted = [], [], 0, False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "<":
+            depth += 1
+        elif not quoted and ch == ">":
+            depth -= 1
+        if ch == sep and depth == 0 and not quoted:
+            out.append("".join(buf))
+            buf = []
+        else:
+            buf.append(ch)
+    out.append("".join(buf))
+    return [p.strip() for p in out if p.strip()]
+
+
+def parse_contacts(value: str) -> list[ContactSpec]:
+    """Parse one or more Contact header values (comma separated) into URI + header params."""
+    contacts = []
+    for item in _split_top(value, ","):
+        if item == "*":
+            contacts.append(ContactSpec("*", {}))
+            continue
+        if "<" in item:
+            uri = item[item.index("<") + 1: item.index(">")]
+            rest = item[item.index(">") + 1:]
+        else:
+            uri, _, rest = item.partition(";")
+            rest = ";" + rest if rest else ""
+        params = {}
+        for p in _split_top(rest, ";"):
+            name, _, val = p.partition("=")
+            params[name.strip().lower()] = val.strip().strip('"')
+        contacts.append(ContactSpec(uri.strip(), params))
+    return contacts
+
+
+def uri_user_host(uri: str) -> str:
+    """user@host[:port] of a SIP URI, without scheme and parameters (for matching)."""
+    body = uri.split(":", 1)[1] if ":" in uri else uri
+    return body.split(";", 1)[0].split("?", 1)[0].lower()
+
+
+def requested_expiry(contact: ContactSpec | None, expires_hdr: str | None) -> int:
+    if contact is not None and contact.expires is not None:
+        return contact.expires
+    if expires_hdr and expires_hdr.strip().isdigit():
+        return int(expires_hdr.strip())
+    return DEFAULT_EXPIRES
+
+
+def granted_expiry(reply_contacts: str | None, reply_expires: str | None,
+                   our_contact: str, requested: int) -> int:
+    """The expiry the registrar granted to our contact (RFC 3261 10.2.4):
+    the matching Contact's expires param, else the Expires header, else what we asked.
+    A 2xx that does not list our contact at all means the binding is gone (0)."""
+    if reply_contacts:
+        ours = uri_user_host(our_contact)
+        for c in parse_contacts(reply_contacts):
+            if c.uri != "*" and uri_user_host(c.uri) == ours:
+                if c.expires is not None:
+                    return c.expires
+                break
+        else:
+            return 0
+    if reply_expires and reply_expires.strip().isdigit():
+        return int(reply_expires.strip())
+    return requested if reply_contacts else 0
+
+
+def finalize(draft: Binding, expires: int, now: float | None = None) -> Binding:
+    draft.expires = expires
+    draft.registered_at = round(time.time() if now is None else now, 3)
+    return draft
+
+
+def source_uri(ip: str, port: int | str, proto: str) -> str:
+    """SIP URI of a transport address, e.g. sip:127.0.0.2:40000;transport=ws."""
+    host = f"[{ip}]" if ":" in ip else ip
+    return f"sip:{host}:{port};transport={proto.lower()}"

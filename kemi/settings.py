@@ -1,0 +1,170 @@
+"""The gateway's settings: read once from GW_* environment variables, validated.
+
+Pure Python (no Kamailio): the launcher validates with it before anything starts,
+and the KEMI app reads the same values inside Kamailio, so there is one source.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+from urllib.parse import urlparse
+
+DEFAULTS: dict[str, str] = {
+    "GW_WS_LISTEN": "127.0.0.1:8080",
+    "GW_SIP_LISTEN": "127.0.0.1:5070",
+    "GW_PBX": "127.0.0.1:5060",
+    "GW_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "GW_RTPENGINE": "udp:127.0.0.1:2223",
+    "GW_MEDIA_IP": "127.0.0.1",
+    "GW_MEDIA_PORTS": "10000-20000",
+    # Optional: space/comma separated; empty means "not restricted".
+    "GW_WS_ORIGINS": "",
+    "GW_PBX_ALLOW": "",
+    "GW_LOG_LEVEL": "info",
+}
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    ws_listen: HostPort
+    sip_listen: HostPort
+    pbx: HostPort
+    redis_url: str
+    rtpengines: tuple[HostPort, ...]
+    media_ip: str
+    media_ports: tuple[int, int]
+    ws_origins: tuple[str, ...] = ()
+    pbx_allow: tuple[str, ...] = ()
+    log_level: str = "info"
+    raw: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def rtpengine_sock(self) -> str:
+        """The value for Kamailio's rtpengine module `rtpengine_sock` parameter."""
+        return " ".join(f"udp:{r}" for r in self.rtpengines)
+
+    @property
+    def pbx_uri(self) -> str:
+        return f"sip:{self.pbx};transport=udp"
+
+    @property
+    def trusted_sources(self) -> tuple[str, ...]:
+        """Addresses allowed to send calls toward agents."""
+        return (self.pbx.host, *self.pbx_allow)
+
+    def kamailio_defines(self) -> list[str]:
+        """`-A` pre-processor defines for kamailio.cfg (listeners must be static)."""
+        return [
+            f"SIP_IP={self.sip_listen.host}",
+            f"SIP_PORT={self.sip_listen.port}",
+            f"WS_IP={self.ws_listen.host}",
+            f"WS_PORT={self.ws_listen.port}",
+            f'RTPENGINE_SOCK="{self.rtpengine_sock}"',
+        ]
+
+
+def _ip(name: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected an IP address") from None
+
+
+def _port(name: str, value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise SettingsError(f"{name}: port {value!r} is not in 1-65535")
+    return int(value)
+
+
+def _hostport(name: str, value: str, *, need_ip: bool = True) -> HostPort:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host:
+        raise SettingsError(f"{name}={value!r}: expected HOST:PORT")
+    if need_ip:
+        host = _ip(name, host)
+    elif not all(part.replace("-", "").isalnum() for part in host.split(".")):
+        raise SettingsError(f"{name}={value!r}: {host!r} is not a host name or address")
+    return HostPort(host, _port(name, port))
+
+
+def _rtpengines(name: str, value: str) -> tuple[HostPort, ...]:
+    items = value.replace(",", " ").split()
+    if not items:
+        raise SettingsError(f"{name}: at least one rtpengine ng address is required")
+    out = []
+    for item in items:
+        proto, sep, rest = item.partition(":")
+        if not sep or proto != "udp":
+            raise SettingsError(f"{name}={item!r}: expected udp:IP:PORT (rtpengine ng control socket)")
+        out.append(_hostport(name, rest))
+    return tuple(out)
+
+
+def _redis_url(name: str, value: str) -> str:
+    url = urlparse(value)
+    if url.scheme not in ("redis", "redis+sentinel") or not url.hostname:
+        raise SettingsError(f"{name}={value!r}: expected redis://HOST:PORT/DB")
+    try:
+        url.port
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: bad port") from None
+    db = url.path.lstrip("/")
+    if db and not db.isdigit() and url.scheme == "redis":
+        raise SettingsError(f"{name}={value!r}: database must be a number")
+    return value
+
+
+def _port_range(name: str, value: str) -> tuple[int, int]:
+    low, sep, high = value.partition("-")
+    if not sep:
+        raise SettingsError(f"{name}={value!r}: expected LOW-HIGH")
+    lo, hi = _port(name, low), _port(name, high)
+    if lo >= hi:
+        raise SettingsError(f"{name}={value!r}: LOW must be below HIGH")
+    return lo, hi
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(v for v in value.replace(",", " ").split() if v)
+
+
+def load(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the GW_* settings; raise SettingsError naming the variable."""
+    src = os.environ if env is None else env
+    raw = {k: (src.get(k) or d).strip() for k, d in DEFAULTS.items()}
+    level = raw["GW_LOG_LEVEL"].lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise SettingsError(f"GW_LOG_LEVEL={level!r}: expected debug, info, warning or error")
+    settings = Settings(
+        ws_listen=_hostport("GW_WS_LISTEN", raw["GW_WS_LISTEN"]),
+        sip_listen=_hostport("GW_SIP_LISTEN", raw["GW_SIP_LISTEN"]),
+        pbx=_hostport("GW_PBX", raw["GW_PBX"], need_ip=False),
+        redis_url=_redis_url("GW_REDIS_URL", raw["GW_REDIS_URL"]),
+        rtpengines=_rtpengines("GW_RTPENGINE", raw["GW_RTPENGINE"]),
+        media_ip=_ip("GW_MEDIA_IP", raw["GW_MEDIA_IP"]),
+        media_ports=_port_range("GW_MEDIA_PORTS", raw["GW_MEDIA_PORTS"]),
+        ws_origins=_list(raw["GW_WS_ORIGINS"]),
+        pbx_allow=tuple(_ip("GW_PBX_ALLOW", a) for a in _list(raw["GW_PBX_ALLOW"])),
+        log_level=level,
+        raw=raw,
+    )
+    if settings.ws_listen == settings.sip_listen:
+        raise SettingsError("GW_WS_LISTEN and GW_SIP_LISTEN must differ")
+    if settings.pbx == settings.sip_listen:
+        raise SettingsError("GW_PBX points at the gateway itself (GW_SIP_LISTEN): calls would loop")
+    return settings

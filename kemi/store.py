@@ -1,0 +1,82 @@
+"""Redis access for registration bindings, one client per Kamailio worker.
+
+Kamailio forks its workers after loading the app, so the client is created lazily
+on first use inside the worker, never at import time. redis-py reconnects by itself
+on the next command after a failure, which is what lets workers ride out a Redis
+restart without being restarted.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+from urllib.parse import unquote, urlparse
+
+import redis
+import redis.sentinel
+
+from kemi.bindings import Binding, key
+
+TIMEOUT_S = 0.25  # a REGISTER or INVITE must not hang on a sick Redis
+
+
+class StoreError(RuntimeError):
+    """Redis did not answer or refused; callers turn this into 503 + Retry-After."""
+
+
+def connect(url: str) -> "redis.Redis":
+    """A client for redis://host:port/db or redis+sentinel://h1:p1,h2:p2/master/db."""
+    parsed = urlparse(url)
+    if parsed.scheme == "redis+sentinel":
+        hosts = []
+        for item in parsed.netloc.rsplit("@", 1)[-1].split(","):
+            host, _, port = item.rpartition(":")
+            hosts.append((host, int(port or 26379)))
+        parts = [p for p in parsed.path.split("/") if p]
+        master = parts[0] if parts else "mymaster"
+        db = int(parts[1]) if len(parts) > 1 else 0
+        sentinel = redis.sentinel.Sentinel(
+            hosts, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        return sentinel.master_for(
+            master, db=db, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
+            password=unquote(parsed.password) if parsed.password else None)
+    return redis.Redis.from_url(
+        url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+
+
+class BindingStore:
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._client: Optional[redis.Redis] = None
+        self._pid = 0
+
+    def _redis(self) -> "redis.Redis":
+        # A client inherited across fork shares sockets with the parent: make our own.
+        if self._client is None or self._pid != os.getpid():
+            self._client = connect(self._url)
+            self._pid = os.getpid()
+        return self._client
+
+    def get(self, user: str) -> Optional[Binding]:
+        try:
+            raw = self._redis().get(key(user))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis get {key(user)}: {exc}") from exc
+        return Binding.from_json(raw) if raw else None
+
+    def put(self, binding: Binding) -> None:
+        try:
+            self._redis().set(key(binding.user), binding.to_json(), ex=max(binding.expires, 1))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis set {key(binding.user)}: {exc}") from exc
+
+    def delete(self, user: str) -> None:
+        try:
+            self._redis().delete(key(user))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis del {key(user)}: {exc}") from exc
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis().ping())
+        except redis.RedisError:
+            return False
