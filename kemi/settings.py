@@ -146,7 +146,7 @@ def _list(value: str) -> tuple[str, ...]:
 def load(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the GW_* settings; raise SettingsError naming the variable."""
     src = os.environ if env is None else env
-    raw = {k: (src.get(k) or d).strip() for k, d in DEFAULTS.items()}
+    raw = {k: (src.get(k) or "").strip() or d for k, d in DEFAULTS.items()}
     level = raw["GW_LOG_LEVEL"].lower()
     if level not in ("debug", "info", "warning", "error"):
         raise SettingsError(f"GW_LOG_LEVEL={level!r}: expected debug, info, warning or error")

@@ -1,0 +1,20 @@
+# Two commands for a newcomer on Debian 12 (as root): `make run` and `make test`.
+# Both install what is missing first (scripts/install-deps.sh).
+PY := .venv/bin/python
+
+.PHONY: run test unit deps bench clean
+
+deps:
+	@scripts/install-deps.sh
+
+run: deps
+	$(PY) -m gw.run
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: deps
+	$(PY) -m pytest tests/unit -q
+
+clean:
+	rm -rf .run tests/_artifacts .pytest_cache

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything the gateway and its tests need on Debian 12 (run as root).
+# Idempotent: does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  kamailio kamailio-python3-modules kamailio-websocket-modules kamailio-tls-modules
+  kamailio-redis-modules kamailio-extra-modules kamailio-utils-modules
+  rtpengine-daemon redis-server sip-tester
+  python3 python3-venv python3-redis python3-prometheus-client
+  iproute2 nginx coturn
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "install-deps: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Debian's postinst scripts must not start these daemons: the gateway runs its own.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+# The venv is built on Debian's /usr/bin/python3 (the interpreter Kamailio embeds),
+# with its site packages visible (python3-redis, python3-prometheus-client), so the
+# KEMI app can add it to its path for what Debian does not package (bencode.py).
+if [ ! -x .venv/bin/python ]; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+stamp=.venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
