@@ -159,7 +159,13 @@ def rtpengine_argv(cfg: Settings, ng: HostPort, log_level: int = 5,
             "--silent-timeout=3600", "--num-threads=2"]
 
 
-def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4, log_level: int = 2) -> list[str]:
+KAMAILIO_LEVELS = {"debug": 3, "info": 2, "warning": 0, "error": -1}
+
+
+def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4,
+                  log_level: Optional[int] = None) -> list[str]:
+    if log_level is None:
+        log_level = KAMAILIO_LEVELS[cfg.log_level]
     defines = cfg.kamailio_defines() + [
         f'CTL_SOCK="unix:{run_dir}/kamailio_ctl"',
         f'APP_PY="{APP_PY}"',

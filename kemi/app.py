@@ -38,7 +38,8 @@ RETRY_AFTER_S = 5
 
 
 def _log(level: str, event: str, **fields: object) -> None:
-    fields.setdefault("call_id", KSR.kx.get_callid())
+    if "call_id" not in fields:
+        fields["call_id"] = KSR.kx.get_callid()
     text = logfmt.line(event, **fields) + "\n"
     if level == "err":
         KSR.err(text)
@@ -276,7 +277,10 @@ class Gateway:
             # A WebSocket cannot be dialled back: if the phone's connection is
             # gone, fail now instead of trying to connect to it.
             KSR.set_forward_no_connect()
-        if KSR.tm.t_relay() < 0:
+        if KSR.tm.t_relay() > 0:
+            _log("info", "relay", method=KSR.kx.get_method(), dst=KSR.kx.get_duri() or KSR.kx.get_ruri(),
+                 outcome="relayed")
+        else:
             if to_phone:
                 code, reason = 480, "Temporarily Unavailable"
             else:
@@ -384,18 +388,18 @@ class Gateway:
             origin = _pv("$hdr(Origin)")
             if self.cfg.ws_origins and origin not in self.cfg.ws_origins:
                 KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "origin not allowed\n")
-                _log("warn", "ws.origin_refused", origin=origin, src=KSR.kx.get_srcip())
+                _log("warn", "ws.origin_refused", origin=origin, src=KSR.kx.get_srcip(), call_id=None)
                 return 1
-            if KSR.websocket.handle_handshake() > 0:
-                _log("info", "ws.open", src=f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}",
-                     conid=KSR.kx.get_conid())
+            src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
+            ok = KSR.websocket.handle_handshake() > 0
+            _log("info", "ws.open" if ok else "ws.handshake_failed", src=src, call_id=None)
             return 1
         KSR.xhttp.xhttp_reply(404, "Not Found", "application/json",
                               '{"error": "unknown path"}\n')
         return 1
 
     def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
-        _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid())
+        _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid(), call_id=None)
         return 1
 
     # --------------------------------------------------------------- helpers

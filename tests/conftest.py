@@ -107,7 +107,7 @@ def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
                            base / "rtpengine.log").start()
         started.append(rtp)
         stack.wait_for(lambda: stack.ng_ping(cfg.rtpengines[0]), 10, "rtpengine", rtp)
-        kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, base, children=2, log_level=3),
+        kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, base, children=2),
                            base / "kamailio.log", env=env).start()
         started.append(kam)
         stack.wait_for(lambda: (stack.sip_options(host, sip_port) or "").startswith("SIP/2.0 200"),
