@@ -88,6 +88,15 @@ class Gateway:
 
     # ------------------------------------------------------------------ main
     def ksr_request_route(self, msg: object) -> int:
+        try:
+            return self._request_route()
+        except Exception as exc:  # a bug must cost one request, with a reason, not a worker
+            _log("err", "route.exception", method=KSR.kx.get_method(), error=repr(exc), outcome=500)
+            if not KSR.is_ACK():
+                KSR.sl.sl_send_reply(500, "Internal Server Error")
+            return 1
+
+    def _request_route(self) -> int:
         if self.REQINIT():
             return 1
         if self._from_ws():
@@ -199,7 +208,7 @@ class Gateway:
             self.store.get(user)  # also proves Redis answers before the PBX is bothered
         except StoreError as exc:
             _reply(503, "Registration Store Unavailable", "registrar.redis_down",
-                   retry_after=RETRY_AFTER_S, user=user, reason=exc)
+                   retry_after=RETRY_AFTER_S, user=user, error=exc)
             return
         if ours is not None and ours.uri != "*":
             proto = KSR.kx.get_proto()
@@ -242,7 +251,7 @@ class Gateway:
             binding = self.store.get(user)
         except StoreError as exc:
             _reply(503, "Location Store Unavailable", "location.redis_down",
-                   retry_after=RETRY_AFTER_S, user=user, reason=exc)
+                   retry_after=RETRY_AFTER_S, user=user, error=exc)
             return False
         if binding is None:
             _reply(404, "Not Found", "location.not_registered", user=user)
@@ -366,7 +375,7 @@ class Gateway:
                     self.store.delete(draft.user)
         except StoreError as exc:
             _log("err", "registrar.redis_write_failed", method="REGISTER", user=draft.user,
-                 outcome="binding_not_saved", reason=exc)
+                 outcome="binding_not_saved", error=exc)
             return
         _log("info", "registrar.saved", method="REGISTER", user=draft.user, expires=expires,
              outcome=status)
