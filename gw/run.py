@@ -56,6 +56,8 @@ def main() -> int:
             started.append(d)
             stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", d)
             print(f"gateway: started rtpengine ng={ng} media={cfg.media_ip} (pid {d.pid})", flush=True)
+        # Each worker's metric files live here; Kamailio's main process empties it at start.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
         kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, run_dir)).start()
         started.append(kam)
         host, port = cfg.sip_listen.host, cfg.sip_listen.port

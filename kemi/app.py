@@ -19,11 +19,15 @@ sys.path.insert(0, str(_ROOT))
 for _site in sorted((_ROOT / ".venv" / "lib").glob("python3*/site-packages")):
     sys.path.append(str(_site))
 
+import json  # noqa: E402
+import time  # noqa: E402
+
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import bindings, logfmt, media, settings as settings_mod  # noqa: E402
+from kemi import bindings, logfmt, media, metrics, settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
+from kemi.ng import NgClient, NgError  # noqa: E402
 from kemi.store import BindingStore, StoreError  # noqa: E402
 
 # Transaction flags (kept by tm across request, reply and failure routes).
@@ -34,6 +38,7 @@ FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go 
 
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
+AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
 RETRY_AFTER_S = 5
 
 
@@ -56,6 +61,7 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     if retry_after is not None:
         KSR.hdr.append_to_reply(f"Retry-After: {retry_after}\r\n")
     KSR.sl.sl_send_reply(code, reason)
+    metrics.SIP_REPLIES.labels(metrics.code_class(code)).inc()
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
@@ -82,6 +88,8 @@ class Gateway:
         self.pbx_uri = cfg.pbx_uri
         self.trusted = {_resolve(h) for h in cfg.trusted_sources}
         self.node = str(cfg.sip_listen)
+        self.engines = [NgClient(r.host, r.port, timeout=0.5) for r in cfg.rtpengines]
+        self.live = metrics.LiveCollector(self._registrations_count, self._rtpengine_stats)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -97,6 +105,7 @@ class Gateway:
             return 1
 
     def _request_route(self) -> int:
+        metrics.SIP_REQUESTS.labels(metrics.method_label(KSR.kx.get_method())).inc()
         if self.REQINIT():
             return 1
         if self._from_ws():
@@ -119,6 +128,8 @@ class Gateway:
         if KSR.is_REGISTER():
             self.REGISTRAR()
             return 1
+        if KSR.is_INVITE():
+            KSR.pv.sets(AVP_INVITE_T0, repr(time.time()))
         if not self.AUTH():
             self.TO_PBX()
             return 1
@@ -207,6 +218,8 @@ class Gateway:
         try:
             self.store.get(user)  # also proves Redis answers before the PBX is bothered
         except StoreError as exc:
+            metrics.REDIS_ERRORS.inc()
+            metrics.REGISTER_FAILURES.labels("redis_unavailable").inc()
             _reply(503, "Registration Store Unavailable", "registrar.redis_down",
                    retry_after=RETRY_AFTER_S, user=user, error=exc)
             return
@@ -250,6 +263,7 @@ class Gateway:
         try:
             binding = self.store.get(user)
         except StoreError as exc:
+            metrics.REDIS_ERRORS.inc()
             _reply(503, "Location Store Unavailable", "location.redis_down",
                    retry_after=RETRY_AFTER_S, user=user, error=exc)
             return False
@@ -320,6 +334,7 @@ class Gateway:
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
+        metrics.RTPENGINE_ERRORS.inc()
         if KSR.is_ACK():
             _log("err", "media.answer_failed", method="ACK", outcome="media_lost")
             return True
@@ -333,6 +348,7 @@ class Gateway:
         the request's sender; a 2xx to REGISTER becomes the binding in Redis."""
         status = KSR.kx.get_status()
         method = _pv("$rm")
+        metrics.SIP_REPLIES.labels(metrics.code_class(status)).inc()
         if method == "REGISTER":
             self._register_reply(status)
             return 1
@@ -347,8 +363,22 @@ class Gateway:
             rc = (KSR.rtpengine.rtpengine_answer(flags) if op is Op.ANSWER
                   else KSR.rtpengine.rtpengine_offer(flags))
             if rc < 0:
+                metrics.RTPENGINE_ERRORS.inc()
                 _log("err", "media.reply_failed", method=method, status=status, op=op.value)
+        if 200 <= status < 300 and method == "INVITE":
+            self._count_answered()
         return 1
+
+    def _count_answered(self) -> None:
+        """First 2xx of an initial INVITE: one answered call and its setup time
+        (2xx retransmissions find the start time already gone)."""
+        t0 = _pv(AVP_INVITE_T0)
+        if not t0:
+            return
+        KSR.pv.unset(AVP_INVITE_T0)
+        metrics.CALL_SETUP.observe(max(time.time() - float(t0), 0.0))
+        direction = "outbound" if KSR.isflagset(FL_FROM_WS) > 0 else "inbound"
+        metrics.CALLS.labels(direction).inc()
 
     def _register_reply(self, status: int) -> None:
         draft_json = _pv(AVP_BINDING)
@@ -357,6 +387,7 @@ class Gateway:
             return
         if status >= 300 or not draft_json:
             if status not in (401, 407):
+                metrics.REGISTER_FAILURES.labels(str(status) if status >= 300 else "no_contact").inc()
                 _log("info", "registrar.reply", method="REGISTER", user=user, outcome=status)
             return
         draft = Binding.from_json(draft_json)
@@ -374,6 +405,8 @@ class Gateway:
                 if current is not None and (draft.contact == "*" or current.contact == draft.contact):
                     self.store.delete(draft.user)
         except StoreError as exc:
+            metrics.REDIS_ERRORS.inc()
+            metrics.REGISTER_FAILURES.labels("redis_write_failed").inc()
             _log("err", "registrar.redis_write_failed", method="REGISTER", user=draft.user,
                  outcome="binding_not_saved", error=exc)
             return
@@ -403,9 +436,55 @@ class Gateway:
             ok = KSR.websocket.handle_handshake() > 0
             _log("info", "ws.open" if ok else "ws.handshake_failed", src=src, call_id=None)
             return 1
-        KSR.xhttp.xhttp_reply(404, "Not Found", "application/json",
-                              '{"error": "unknown path"}\n')
+        self.HTTP()
         return 1
+
+    def HTTP(self) -> None:
+        """Why: operators scrape /metrics and probe /health on the same port."""
+        method, path = KSR.kx.get_method(), _pv("$hu").split("?", 1)[0]
+        if path not in ("/metrics", "/health"):
+            self._http(404, "Not Found", {"error": f"unknown path {path}"})
+        elif method not in ("GET", "HEAD"):
+            self._http(405, "Method Not Allowed", {"error": f"{method} not allowed on {path}"})
+        elif path == "/metrics":
+            KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
+                                  metrics.render(self.live).decode())
+        else:
+            health = self._health()
+            ok = all(v == "up" for v in health["dependencies"].values())
+            health["status"] = "up" if ok else "down"
+            self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", health)
+
+    @staticmethod
+    def _http(code: int, reason: str, body: dict) -> None:
+        KSR.xhttp.xhttp_reply(code, reason, "application/json", json.dumps(body) + "\n")
+
+    def _health(self) -> dict:
+        deps = {"redis": "up" if self.store.ping() else "down"}
+        for engine in self.engines:
+            deps[f"rtpengine udp:{engine.addr[0]}:{engine.addr[1]}"] = "up" if engine.ping() else "down"
+        return {"dependencies": deps, "node": self.node}
+
+    def _registrations_count(self) -> int | None:
+        try:
+            return self.store.count()
+        except StoreError:
+            return None
+
+    def _rtpengine_stats(self) -> dict | None:
+        """Summed over the engines that answer; None when none does."""
+        total: dict = {}
+        for engine in self.engines:
+            try:
+                stats = engine.statistics().get("statistics", {})
+            except (NgError, OSError):
+                continue
+            for section in ("currentstatistics", "totalstatistics"):
+                dst = total.setdefault(section, {})
+                for k, v in stats.get(section, {}).items():
+                    if isinstance(v, int):
+                        dst[k] = dst.get(k, 0) + v
+        return total or None
 
     def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
         _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid(), call_id=None)

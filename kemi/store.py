@@ -75,6 +75,13 @@ class BindingStore:
         except redis.RedisError as exc:
             raise StoreError(f"redis del {key(user)}: {exc}") from exc
 
+    def count(self) -> int:
+        """Bindings held (SCAN, never KEYS: Redis must stay responsive)."""
+        try:
+            return sum(1 for _ in self._redis().scan_iter(match=key("*"), count=1000))
+        except redis.RedisError as exc:
+            raise StoreError(f"redis scan: {exc}") from exc
+
     def ping(self) -> bool:
         try:
             return bool(self._redis().ping())

@@ -94,6 +94,7 @@ def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
         "GW_MEDIA_IP": host,
         "GW_MEDIA_PORTS": f"{low}-{low + 99}",
     })
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(base / "metrics")
     env.update(extra_env or {})
     cfg = settings_mod.load(env)
     (base / "redis").mkdir(exist_ok=True)

@@ -54,3 +54,38 @@ def test_live_ksr_api_matches_app_and_snapshot(gw):
     snapshot = load_snapshot()
     used = {k: v for k, v in snapshot.items() if k in live}
     assert used == {k: live[k] for k in used}
+
+
+def _get(gw, path, method="GET"):
+    conn = http.client.HTTPConnection(gw.cfg.ws_listen.host, gw.cfg.ws_listen.port, timeout=5)
+    conn.request(method, path)
+    resp = conn.getresponse()
+    return resp.status, resp.read().decode()
+
+
+def test_health_all_up(gw):
+    import json
+    status, body = _get(gw, "/health")
+    assert status == 200, body
+    data = json.loads(body)
+    assert data["status"] == "up"
+    assert set(data["dependencies"].values()) == {"up"}
+
+
+def test_metrics_exposition_parses(gw):
+    from prometheus_client.parser import text_string_to_metric_families
+    stack.sip_options(gw.sip.host, gw.sip.port, 2)
+    status, body = _get(gw, "/metrics")
+    assert status == 200
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    assert "gateway_sip_requests" in families
+    opts = [s for s in families["gateway_sip_requests"].samples
+            if s.name == "gateway_sip_requests_total" and s.labels.get("method") == "OPTIONS"]
+    assert opts and opts[0].value >= 1
+    ups = {s.labels["dependency"]: s.value for s in families["gateway_up"].samples}
+    assert ups == {"redis": 1.0, "rtpengine": 1.0}
+
+
+def test_http_wrong_method_405(gw):
+    status, body = _get(gw, "/metrics", method="POST")
+    assert status == 405 and "not allowed" in body

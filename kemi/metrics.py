@@ -1,0 +1,108 @@
+"""Prometheus metrics for a forking server (prometheus_client multiprocess mode).
+
+Kamailio forks its SIP and TCP workers from the process that imports the app,
+so each worker writes its own mmap files under PROMETHEUS_MULTIPROC_DIR and a
+scrape (served by whichever worker gets the HTTP request) sums them. What lives
+in Redis or rtpengine is read at scrape time instead of being counted.
+No Kamailio import here.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def prepare_dir(path: Optional[str] = None) -> str:
+    """Called once in Kamailio's main process, before the workers fork: a
+    clean directory, exported so every worker (and prometheus_client) sees it."""
+    path = path or os.environ.get(ENV) or tempfile.mkdtemp(prefix="gw-metrics-")
+    p = Path(path)
+    if p.exists():
+        for child in p.iterdir():
+            if child.is_file() and child.suffix == ".db":
+                child.unlink()
+            elif child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+    p.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = str(p)
+    return str(p)
+
+
+# Kamailio imports the app once, in its main process, before forking: the
+# directory is emptied and exported then, and prometheus_client (imported
+# below) picks multiprocess mode from the environment.
+prepare_dir()
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
+from prometheus_client import multiprocess  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
+
+SIP_REQUESTS = Counter("gateway_sip_requests", "SIP requests received, by method", ["method"])
+SIP_REPLIES = Counter("gateway_sip_replies", "SIP replies sent or relayed, by class", ["code_class"])
+CALLS = Counter("gateway_calls", "Calls answered (2xx to an initial INVITE)", ["direction"])
+CALL_SETUP = Histogram("gateway_call_setup_seconds", "INVITE to 200 OK",
+                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
+REGISTER_FAILURES = Counter("gateway_register_failures", "REGISTERs that did not end in a binding",
+                            ["reason"])
+REDIS_ERRORS = Counter("gateway_redis_errors", "Redis operations that failed")
+RTPENGINE_ERRORS = Counter("gateway_rtpengine_control_errors",
+                           "rtpengine offer/answer/delete commands that failed")
+
+METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
+           "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH"}
+
+
+def method_label(method: str) -> str:
+    # Unbounded label values would let any sender blow up the series count.
+    return method if method in METHODS else "other"
+
+
+def code_class(code: int) -> str:
+    return f"{code // 100}xx" if 100 <= code < 700 else "other"
+
+
+class LiveCollector:
+    """Scrape-time gauges from the dependencies themselves."""
+
+    def __init__(self, registrations: Callable[[], Optional[int]],
+                 rtpengine_stats: Callable[[], Optional[dict]]) -> None:
+        self._registrations = registrations
+        self._rtpengine_stats = rtpengine_stats
+
+    def collect(self) -> Iterable[object]:
+        up = GaugeMetricFamily("gateway_up", "Dependency answers (1) or not (0)",
+                               labels=["dependency"])
+        regs = self._registrations()
+        up.add_metric(["redis"], 0 if regs is None else 1)
+        if regs is not None:
+            yield GaugeMetricFamily("gateway_registrations_active",
+                                    "Agents registered (bindings in Redis)", value=regs)
+        stats = self._rtpengine_stats()
+        up.add_metric(["rtpengine"], 0 if stats is None else 1)
+        if stats is not None:
+            cur = stats.get("currentstatistics", {})
+            tot = stats.get("totalstatistics", {})
+            sessions = int(cur.get("sessionsown", 0)) + int(cur.get("sessionsforeign", 0))
+            yield GaugeMetricFamily("gateway_rtpengine_sessions",
+                                    "Sessions rtpengine holds", value=sessions)
+            yield GaugeMetricFamily("gateway_calls_active",
+                                    "Calls with media set up (rtpengine sessions)", value=sessions)
+            yield CounterMetricFamily("gateway_rtpengine_packets", "Packets relayed by rtpengine",
+                                      value=int(tot.get("relayedpackets", 0)))
+            yield CounterMetricFamily("gateway_rtpengine_errors",
+                                      "Packet relay errors reported by rtpengine",
+                                      value=int(tot.get("relayedpacketerrors", 0)))
+        yield up
+
+
+def render(live: Optional[LiveCollector] = None) -> bytes:
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    if live is not None:
+        registry.register(live)
+    return generate_latest(registry)
