@@ -35,6 +35,13 @@ FL_REQ_SDP = 1        # the INVITE/UPDATE carried an offer, so replies carry ans
 FL_TO_WS = 2          # the request goes to a WebRTC phone over its WebSocket
 FL_MEDIA = 3          # rtpengine holds a session for this call
 FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go back there)
+FL_PEER = 5           # relayed to the gateway node that holds the phone's connection
+
+# Scanners announce themselves; answering them only invites more traffic.
+SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
+              "iwar", "vaxsipuseragent", "pplsip", "sipbomber", "smap", "nessus")
+FLOOD_WINDOW = "gwflood"   # htable: REGISTERs per source in the last 10 s (kamailio.cfg)
+FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
 
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
@@ -131,14 +138,18 @@ class Gateway:
         if KSR.is_INVITE():
             KSR.pv.sets(AVP_INVITE_T0, repr(time.time()))
         if not self.AUTH():
+            if not self._from_ws() and self._targets_agent():
+                _reply(403, "Forbidden", "auth.agent_call_not_from_pbx", src=KSR.kx.get_srcip())
+                return 1
             self.TO_PBX()
             return 1
         if not self.LOCATION():
             return 1
-        if KSR.is_method_in("IS") or KSR.is_REFER():
-            KSR.rr.record_route()
-        if not self.MEDIA_OFFER():
-            return 1
+        if KSR.isflagset(FL_PEER) < 0:
+            if KSR.is_method_in("IS") or KSR.is_REFER():
+                KSR.rr.record_route()
+            if not self.MEDIA_OFFER():
+                return 1
         self.RELAY()
         return 1
 
@@ -148,12 +159,34 @@ class Gateway:
         if KSR.maxfwd.process_maxfwd(10) < 0:
             _reply(483, "Too Many Hops", "reqinit.maxfwd")
             return True
+        ua = (KSR.kx.get_ua() or "").lower()
+        if ua and any(s in ua for s in SCANNER_UA):
+            _log("info", "reqinit.scanner", src=KSR.kx.get_srcip(), ua=ua, outcome="dropped")
+            return True
+        if self._flooding():
+            return True
         if KSR.sanity.sanity_check(17895, 7) < 0:
             _log("warn", "reqinit.sanity", method=KSR.kx.get_method(), src=KSR.kx.get_srcip(),
                  outcome="rejected")
             return True
         if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.kx.get_ruser():
             _reply(200, "Keepalive", "reqinit.options")
+            return True
+        return False
+
+    def _flooding(self) -> bool:
+        """Per source IP:port, not IP: a contact centre's agents share one NAT address."""
+        if self.cfg.flood_limit <= 0:
+            return False
+        src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
+        if KSR.htable.sht_get(FLOOD_BAN, src):
+            return True
+        if not KSR.is_REGISTER() or KSR.kx.get_srcip() in self.trusted:
+            return False
+        if KSR.htable.sht_inc(FLOOD_WINDOW, src) > self.cfg.flood_limit:
+            KSR.htable.sht_seti(FLOOD_BAN, src, 1)
+            _log("warn", "reqinit.flood_blocked", src=src, limit=self.cfg.flood_limit,
+                 outcome="blocked_60s")
             return True
         return False
 
@@ -204,6 +237,13 @@ class Gateway:
         request goes. Only the PBX (or an allowed peer) reaches agents; phones,
         WebRTC or plain SIP, only ever reach the PBX, which challenges them."""
         return not self._from_ws() and KSR.kx.get_srcip() in self.trusted
+
+    @staticmethod
+    def _targets_agent() -> bool:
+        """Is this request addressed to an agent (a DN at the gateway or a phone contact)?"""
+        if KSR.siputils.uri_param("alias") > 0:
+            return True
+        return bool(KSR.kx.get_ruser()) and KSR.is_myself_ruri()
 
     # ------------------------------------------------------------- REGISTRAR
     def REGISTRAR(self) -> None:
@@ -270,7 +310,15 @@ class Gateway:
         if binding is None:
             _reply(404, "Not Found", "location.not_registered", user=user)
             return False
-        if binding.node == self.node and KSR.tcpops.tcp_conid_state(binding.conid) != 1:
+        if binding.node != self.node:
+            # Another gateway node holds this phone's WebSocket: hand the request
+            # over unchanged; that node records the route and sets up media.
+            KSR.seturi(f"sip:{user}@{binding.node}")
+            KSR.setdsturi(f"sip:{binding.node};transport=udp")
+            KSR.setflag(FL_PEER)
+            _log("info", "location.peer_node", method=KSR.kx.get_method(), user=user, node=binding.node)
+            return True
+        if KSR.tcpops.tcp_conid_state(binding.conid) != 1:
             _reply(480, "Temporarily Unavailable", "location.connection_gone",
                    user=user, conid=binding.conid)
             return False
@@ -354,7 +402,8 @@ class Gateway:
             return 1
         if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
             KSR.nathelper.add_contact_alias()
-        if 100 < status < 300 and KSR.textops.has_body_type("application/sdp") > 0:
+        if (100 < status < 300 and KSR.isflagset(FL_PEER) < 0
+                and KSR.textops.has_body_type("application/sdp") > 0):
             # The reply goes back to whoever sent the request.
             receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) > 0 else Side.PBX
             sender = Side.PHONE if self._from_ws() else Side.PBX

@@ -23,6 +23,9 @@ DEFAULTS: dict[str, str] = {
     "GW_WS_ORIGINS": "",
     "GW_PBX_ALLOW": "",
     "GW_LOG_LEVEL": "info",
+    # REGISTERs one source (IP:port) may send per 10 s before it is blocked for
+    # a minute; an agent sends 2 every few minutes. 0 turns the limit off (load tests).
+    "GW_FLOOD_LIMIT": "20",
 }
 
 
@@ -51,6 +54,7 @@ class Settings:
     ws_origins: tuple[str, ...] = ()
     pbx_allow: tuple[str, ...] = ()
     log_level: str = "info"
+    flood_limit: int = 20
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -139,6 +143,12 @@ def _port_range(name: str, value: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _count(name: str, value: str) -> int:
+    if not value.isdigit():
+        raise SettingsError(f"{name}={value!r}: expected a whole number (0 disables)")
+    return int(value)
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.replace(",", " ").split() if v)
 
@@ -161,6 +171,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ws_origins=_list(raw["GW_WS_ORIGINS"]),
         pbx_allow=tuple(_ip("GW_PBX_ALLOW", a) for a in _list(raw["GW_PBX_ALLOW"])),
         log_level=level,
+        flood_limit=_count("GW_FLOOD_LIMIT", raw["GW_FLOOD_LIMIT"]),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:
