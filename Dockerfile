@@ -1,0 +1,75 @@
+# syntax=docker/dockerfile:1
+# WebRTC<->SIP gateway: Kamailio 5.6 + KEMI (Python) app. rtpengine, Redis,
+# nginx (WSS), coturn and the PBX run as separate services (deploy/compose.yaml).
+#
+#   docker build -t webrtc-sip-gateway .
+#   docker run --network host --env-file deploy/.env webrtc-sip-gateway
+
+# --- Python packages Debian does not ship (pyproject.toml dependencies) -------
+FROM debian:12-slim AS pydeps
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+RUN pip3 install --no-cache-dir --no-deps --target /opt/pydeps "bencode.py==4.1.0"
+
+# --- runtime -------------------------------------------------------------------
+FROM debian:12-slim
+ARG DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+      kamailio \
+      kamailio-python3-modules \
+      kamailio-websocket-modules \
+      kamailio-tls-modules \
+      kamailio-redis-modules \
+      kamailio-extra-modules \
+      kamailio-utils-modules \
+      python3 \
+      python3-redis \
+      python3-prometheus-client \
+      ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# Debian's python3 (the interpreter Kamailio's app_python3 embeds) searches
+# /usr/local/lib/python3.11/dist-packages.
+COPY --from=pydeps /opt/pydeps/ /usr/local/lib/python3.11/dist-packages/
+
+# The kamailio package's postinst creates the system user; make sure it exists.
+RUN id kamailio >/dev/null 2>&1 \
+    || useradd --system --user-group --home-dir /run/kamailio --shell /usr/sbin/nologin kamailio \
+ && install -d -o kamailio -g kamailio -m 0750 /run/gateway /run/kamailio
+
+WORKDIR /opt/gateway
+COPY kamailio.cfg ./
+COPY kemi/ ./kemi/
+COPY gw/ ./gw/
+COPY --chmod=0755 deploy/gateway-healthcheck.py /usr/local/bin/gateway-healthcheck
+
+# Fail the build, not the first call, when an import is missing.
+RUN python3 -c "import bencode, redis, prometheus_client, kemi.turn, kemi.settings, gw.run"
+
+# The product's interface: GW_* settings (see README). Defaults suit host
+# networking next to rtpengine/Redis on the same machine; compose overrides them.
+ENV GW_WS_LISTEN=127.0.0.1:8080 \
+    GW_SIP_LISTEN=127.0.0.1:5070 \
+    GW_PBX=127.0.0.1:5060 \
+    GW_REDIS_URL=redis://127.0.0.1:6379/0 \
+    GW_RTPENGINE=udp:127.0.0.1:2223 \
+    GW_MEDIA_IP=127.0.0.1 \
+    GW_MEDIA_PORTS=10000-20000 \
+    GW_RUN_DIR=/run/gateway \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+
+USER kamailio
+
+# 8080: SIP over WebSocket (plain ws, behind nginx WSS) + HTTP /metrics /health
+# 5070: SIP toward the PBX (UDP and TCP)
+EXPOSE 8080/tcp 5070/udp 5070/tcp
+
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["gateway-healthcheck"]
+
+STOPSIGNAL SIGTERM
+CMD ["python3", "-m", "gw.run"]
