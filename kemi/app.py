@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import bindings, logfmt, media, metrics, settings as settings_mod  # noqa: E402
+from kemi import bindings, logfmt, media, metrics, settings as settings_mod, turn  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
 from kemi.ng import NgClient, NgError  # noqa: E402
@@ -491,10 +491,12 @@ class Gateway:
     def HTTP(self) -> None:
         """Why: operators scrape /metrics and probe /health on the same port."""
         method, path = KSR.kx.get_method(), _pv("$hu").split("?", 1)[0]
-        if path not in ("/metrics", "/health"):
+        if path not in ("/metrics", "/health", "/turn"):
             self._http(404, "Not Found", {"error": f"unknown path {path}"})
         elif method not in ("GET", "HEAD"):
             self._http(405, "Method Not Allowed", {"error": f"{method} not allowed on {path}"})
+        elif path == "/turn":
+            self._turn()
         elif path == "/metrics":
             KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                                   metrics.render(self.live).decode())
@@ -503,6 +505,21 @@ class Gateway:
             ok = all(v == "up" for v in health["dependencies"].values())
             health["status"] = "up" if ok else "down"
             self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", health)
+
+    def _turn(self) -> None:
+        """Time-limited TURN credentials for one agent (coturn use-auth-secret)."""
+        if not self.cfg.turn_secret:
+            self._http(404, "Not Found", {"error": "TURN is not configured (GW_TURN_SECRET)"})
+            return
+        query = _pv("$hu").partition("?")[2]
+        agent = dict(p.partition("=")[::2] for p in query.split("&") if p).get("agent", "")
+        try:
+            creds = turn.turn_credentials(self.cfg.turn_secret.encode(), agent, self.cfg.turn_ttl,
+                                          time.time(), uris=self.cfg.turn_uris)
+        except ValueError as exc:
+            self._http(400, "Bad Request", {"error": str(exc)})
+            return
+        self._http(200, "OK", {**creds, "iceServers": [turn.ice_server(creds)]})
 
     @staticmethod
     def _http(code: int, reason: str, body: dict) -> None:

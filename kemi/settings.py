@@ -26,6 +26,10 @@ DEFAULTS: dict[str, str] = {
     # REGISTERs one source (IP:port) may send per 10 s before it is blocked for
     # a minute; an agent sends 2 every few minutes. 0 turns the limit off (load tests).
     "GW_FLOOD_LIMIT": "20",
+    # coturn's REST-API shared secret (use-auth-secret); empty: /turn is off.
+    "GW_TURN_SECRET": "",
+    "GW_TURN_URIS": "",
+    "GW_TURN_TTL": "3600",
 }
 
 
@@ -55,6 +59,9 @@ class Settings:
     pbx_allow: tuple[str, ...] = ()
     log_level: str = "info"
     flood_limit: int = 20
+    turn_secret: str = field(default="", repr=False)
+    turn_uris: tuple[str, ...] = ()
+    turn_ttl: int = 3600
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -149,6 +156,14 @@ def _count(name: str, value: str) -> int:
     return int(value)
 
 
+def _turn_uris(name: str, value: str) -> tuple[str, ...]:
+    uris = _list(value)
+    for uri in uris:
+        if uri.split(":", 1)[0] not in ("stun", "stuns", "turn", "turns"):
+            raise SettingsError(f"{name}: {uri!r} must start with stun:, stuns:, turn: or turns:")
+    return uris
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.replace(",", " ").split() if v)
 
@@ -172,10 +187,17 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         pbx_allow=tuple(_ip("GW_PBX_ALLOW", a) for a in _list(raw["GW_PBX_ALLOW"])),
         log_level=level,
         flood_limit=_count("GW_FLOOD_LIMIT", raw["GW_FLOOD_LIMIT"]),
+        turn_secret=raw["GW_TURN_SECRET"],
+        turn_uris=_turn_uris("GW_TURN_URIS", raw["GW_TURN_URIS"]),
+        turn_ttl=_count("GW_TURN_TTL", raw["GW_TURN_TTL"]),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:
         raise SettingsError("GW_WS_LISTEN and GW_SIP_LISTEN must differ")
+    if settings.turn_secret and not settings.turn_uris:
+        raise SettingsError("GW_TURN_URIS: required when GW_TURN_SECRET is set (turn:host:3478)")
+    if not 0 < settings.turn_ttl <= 7 * 24 * 3600:
+        raise SettingsError("GW_TURN_TTL: must be 1 to 604800 seconds")
     if settings.pbx == settings.sip_listen:
         raise SettingsError("GW_PBX points at the gateway itself (GW_SIP_LISTEN): calls would loop")
     return settings

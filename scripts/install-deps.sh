@@ -9,7 +9,7 @@ APT_PACKAGES=(
   kamailio-redis-modules kamailio-extra-modules kamailio-utils-modules
   rtpengine-daemon redis-server sip-tester
   python3 python3-venv python3-redis python3-prometheus-client
-  iproute2 nginx coturn
+  iproute2 nginx coturn prometheus openssl
 )
 
 missing=()
@@ -21,9 +21,13 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # Debian's postinst scripts must not start these daemons: the gateway runs its own.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  rm -f /usr/sbin/policy-rc.d
+  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 # The venv is built on Debian's /usr/bin/python3 (the interpreter Kamailio embeds),
