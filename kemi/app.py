@@ -318,7 +318,7 @@ class Gateway:
             KSR.setflag(FL_PEER)
             _log("info", "location.peer_node", method=KSR.kx.get_method(), user=user, node=binding.node)
             return True
-        if KSR.tcpops.tcp_conid_state(binding.conid) != 1:
+        if "transport=ws" in binding.received and KSR.tcpops.tcp_conid_state(binding.conid) != 1:
             _reply(480, "Temporarily Unavailable", "location.connection_gone",
                    user=user, conid=binding.conid)
             return False
