@@ -74,3 +74,35 @@ def flags(op: Op, receiver: Side, sender: Side | None = None) -> Flags:
             tokens += _CN_STRIP
         tokens += _CN_BLOCK
     return Flags(tuple(tokens))
+
+
+def ng_params(flags_: Flags) -> dict[str, object]:
+    """The ng dictionary Kamailio's rtpengine module builds from a flag string,
+    for the tokens this gateway uses; lets tests drive rtpengine directly with
+    exactly what the gateway would send."""
+    out: dict[str, object] = {}
+
+    def add(key: str, value: str) -> None:
+        out.setdefault(key, [])
+        out[key].append(value)  # type: ignore[union-attr]
+
+    for token in flags_.tokens:
+        name, sep, value = token.partition("=")
+        if name.startswith("replace-"):
+            add("replace", name[len("replace-"):])
+        elif name in ("ICE", "DTLS") and sep:
+            out[name] = value
+        elif name.startswith("SDES-"):
+            add("SDES", name[len("SDES-"):])
+        elif name.startswith("rtcp-mux-"):
+            add("rtcp-mux", name[len("rtcp-mux-"):])
+        elif "/" in name and not sep:
+            out["transport-protocol"] = name
+        elif name.startswith("codec-") and sep:
+            codec = out.setdefault("codec", {})
+            codec.setdefault(name[len("codec-"):], []).extend(value.split(","))  # type: ignore[union-attr]
+        elif sep:
+            out[name] = value
+        else:
+            add("flags", name)
+    return out

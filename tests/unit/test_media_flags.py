@@ -37,3 +37,13 @@ def test_answers_do_not_force_transport():
 
 def test_plain_sip_phone_to_pbx_trusts_addresses():
     assert "trust-address" in toks(Op.OFFER, Side.PBX, Side.PBX)
+
+
+def test_ng_params_mirror_module_parsing():
+    from kemi.media import ng_params
+    p = ng_params(flags(Op.OFFER, Side.PHONE))
+    assert p["replace"] == ["origin", "session-connection"]
+    assert p["ICE"] == "force" and p["transport-protocol"] == "UDP/TLS/RTP/SAVPF"
+    assert p["rtcp-mux"] == ["require"] and p["SDES"] == ["off"]
+    assert p["codec"] == {"strip": ["CN"]}
+    assert "generate-mid" in p["flags"] and "trust-address" in p["flags"]
