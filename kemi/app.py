@@ -47,6 +47,9 @@ AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
 AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
 RETRY_AFTER_S = 5
+# The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
+# TCP or WebSocket message can carry, so UDP gets the same limit (RFC 3261 513).
+MAX_MSG_BYTES = 16384
 
 
 def _log(level: str, event: str, **fields: object) -> None:
@@ -145,7 +148,7 @@ class Gateway:
             return 1
         if not self.LOCATION():
             return 1
-        if KSR.isflagset(FL_PEER) < 0:
+        if not KSR.isflagset(FL_PEER):
             if KSR.is_method_in("IS") or KSR.is_REFER():
                 KSR.rr.record_route()
             if not self.MEDIA_OFFER():
@@ -156,6 +159,10 @@ class Gateway:
     # --------------------------------------------------------------- REQINIT
     def REQINIT(self) -> bool:
         """Why: drop garbage and answer keepalives before spending any work on them."""
+        if KSR.kx.get_msglen() > MAX_MSG_BYTES:
+            _reply(513, "Message Too Large", "reqinit.too_large", size=KSR.kx.get_msglen(),
+                   src=KSR.kx.get_srcip())
+            return True
         if KSR.maxfwd.process_maxfwd(10) < 0:
             _reply(483, "Too Many Hops", "reqinit.maxfwd")
             return True
@@ -181,7 +188,7 @@ class Gateway:
         src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
         if KSR.htable.sht_get(FLOOD_BAN, src):
             return True
-        if not KSR.is_REGISTER() or KSR.kx.get_srcip() in self.trusted:
+        if not KSR.is_REGISTER() or self.AUTH():
             return False
         if KSR.htable.sht_inc(FLOOD_WINDOW, src) > self.cfg.flood_limit:
             KSR.htable.sht_seti(FLOOD_BAN, src, 1)
@@ -228,7 +235,7 @@ class Gateway:
     def DLGURI(self) -> None:
         """Why: a phone's Contact carries ;alias=ip~port~ws (added by NATDETECT):
         turn it back into the destination of its WebSocket connection."""
-        if KSR.siputils.uri_param("alias") > 0:
+        if KSR.siputils.uri_param_any("alias") > 0:
             KSR.nathelper.handle_ruri_alias()
 
     # ------------------------------------------------------------------ AUTH
@@ -241,7 +248,7 @@ class Gateway:
     @staticmethod
     def _targets_agent() -> bool:
         """Is this request addressed to an agent (a DN at the gateway or a phone contact)?"""
-        if KSR.siputils.uri_param("alias") > 0:
+        if KSR.siputils.uri_param_any("alias") > 0:
             return True
         return bool(KSR.kx.get_ruser()) and KSR.is_myself_ruri()
 
@@ -292,7 +299,7 @@ class Gateway:
         contact it learnt through Path; either way find the phone's WebSocket."""
         if KSR.hdr.is_present("Route") > 0:
             KSR.rr.loose_route_preloaded()
-        if KSR.siputils.uri_param("alias") > 0:
+        if KSR.siputils.uri_param_any("alias") > 0:
             KSR.nathelper.handle_ruri_alias()
             _log("info", "location.alias", method=KSR.kx.get_method(), outcome="found")
             return True
@@ -370,7 +377,7 @@ class Gateway:
         receiver = Side.PHONE if self._to_ws() else Side.PBX
         sender = Side.PHONE if self._from_ws() else Side.PBX
         if KSR.is_ACK() or KSR.is_PRACK():
-            op = Op.OFFER if KSR.isflagset(FL_REQ_SDP) < 0 and KSR.is_PRACK() else Op.ANSWER
+            op = Op.OFFER if not KSR.isflagset(FL_REQ_SDP) and KSR.is_PRACK() else Op.ANSWER
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
@@ -402,12 +409,12 @@ class Gateway:
             return 1
         if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
             KSR.nathelper.add_contact_alias()
-        if (100 < status < 300 and KSR.isflagset(FL_PEER) < 0
+        if (100 < status < 300 and not KSR.isflagset(FL_PEER)
                 and KSR.textops.has_body_type("application/sdp") > 0):
             # The reply goes back to whoever sent the request.
-            receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) > 0 else Side.PBX
+            receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
             sender = Side.PHONE if self._from_ws() else Side.PBX
-            op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) > 0 else Op.OFFER
+            op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
             flags = str(media.flags(op, receiver, sender))
             rc = (KSR.rtpengine.rtpengine_answer(flags) if op is Op.ANSWER
                   else KSR.rtpengine.rtpengine_offer(flags))
@@ -426,7 +433,7 @@ class Gateway:
             return
         KSR.pv.unset(AVP_INVITE_T0)
         metrics.CALL_SETUP.observe(max(time.time() - float(t0), 0.0))
-        direction = "outbound" if KSR.isflagset(FL_FROM_WS) > 0 else "inbound"
+        direction = "outbound" if KSR.isflagset(FL_FROM_WS) else "inbound"
         metrics.CALLS.labels(direction).inc()
 
     def _register_reply(self, status: int) -> None:
@@ -568,6 +575,6 @@ class Gateway:
         return "transport=ws" in target
 
     def _media_delete(self, why: str) -> None:
-        if KSR.isflagset(FL_MEDIA) > 0 or KSR.is_BYE() or KSR.is_CANCEL():
+        if KSR.isflagset(FL_MEDIA) or KSR.is_BYE() or KSR.is_CANCEL():
             KSR.rtpengine.rtpengine_delete("")
             _log("info", "media.delete", why=why)

@@ -130,6 +130,16 @@ def _redis_url(name: str, value: str) -> str:
     url = urlparse(value)
     if url.scheme not in ("redis", "redis+sentinel") or not url.hostname:
         raise SettingsError(f"{name}={value!r}: expected redis://HOST:PORT/DB")
+    if url.scheme == "redis+sentinel":
+        # redis+sentinel://H1:P1,H2:P2/MASTER/DB: several Sentinels, no single port.
+        for item in url.netloc.rsplit("@", 1)[-1].split(","):
+            host, sep, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise SettingsError(f"{name}={value!r}: bad Sentinel address {item!r} (HOST:PORT)")
+        parts = [p for p in url.path.split("/") if p]
+        if not parts or (len(parts) > 1 and not parts[1].isdigit()):
+            raise SettingsError(f"{name}={value!r}: expected redis+sentinel://H1:P1,H2:P2/MASTER/DB")
+        return value
     try:
         url.port
     except ValueError:

@@ -59,7 +59,7 @@ def test_unknown_dn_gets_404(gw):
         assert resp is not None and resp.status == 404
     finally:
         peer.close()
-    assert "event=location.not_registered" in gw.kamailio_log()
+    wait_until(lambda: "event=location.not_registered" in gw.kamailio_log(), 5, "log line")
 
 
 def test_max_forwards_exhausted_gets_483(gw):

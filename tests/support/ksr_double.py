@@ -25,6 +25,11 @@ def load_snapshot() -> dict[tuple[str, str], int]:
     return parse_api_list(SNAPSHOT.read_text())
 
 
+def parse_return_types(text: str) -> dict[tuple[str, str], str]:
+    """{(module, function): 'int' | 'bool' | 'xval' | 'none'}"""
+    return {(module, name): ret for ret, module, name, _ in _ITEM.findall(text)}
+
+
 class KsrDouble(types.ModuleType):
     """KSR with every real function; each records its calls and returns what
     the test configured (`returns[(module, name)]`, a value or a callable)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from support.ksr_double import load_snapshot
+from support.ksr_double import SNAPSHOT, load_snapshot, parse_return_types
 
 APP = Path(__file__).resolve().parents[2] / "kemi" / "app.py"
 
@@ -40,3 +40,46 @@ def test_app_makes_ksr_calls():
 
 def test_every_ksr_call_exists_in_snapshot():
     assert check_calls(load_snapshot()) == []
+
+
+def _ksr_target(call: ast.AST) -> tuple[str, str] | None:
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Attribute):
+        return None
+    f = call.func
+    if isinstance(f.value, ast.Name) and f.value.id == "KSR":
+        return ("", f.attr)
+    if isinstance(f.value, ast.Attribute) and isinstance(f.value.value, ast.Name) and f.value.value.id == "KSR":
+        return (f.value.attr, f.attr)
+    return None
+
+
+def return_type_misuse(path: Path, returns: dict[tuple[str, str], str]) -> list[str]:
+    """KSR functions returning int are >0 true / <0 false: `not KSR.x()` or a bare
+    `if KSR.x()` is a bug. Those returning bool must not be compared with 0."""
+    problems = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            target = _ksr_target(node.left)
+            if target and returns.get(target) == "bool" and any(
+                    isinstance(c, ast.Constant) and c.value == 0 for c in node.comparators):
+                problems.append(f"line {node.lineno}: KSR.{'.'.join(target)} returns bool; "
+                                "comparing it with 0 is always False/True")
+        tests = []
+        if isinstance(node, (ast.If, ast.While, ast.IfExp)):
+            tests.append(node.test)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            tests.append(node.operand)
+        if isinstance(node, ast.BoolOp):
+            tests.extend(node.values)
+        for test in tests:
+            target = _ksr_target(test)
+            # kx getters and *get* functions return values, not status codes.
+            is_value = target and (target[0] == "kx" or "get" in target[1])
+            if target and not is_value and returns.get(target) == "int":
+                problems.append(f"line {test.lineno}: KSR.{'.'.join(target)} returns int "
+                                "(<0 false, >0 true): test it with > 0 or < 0")
+    return problems
+
+
+def test_ksr_return_types_are_used_correctly():
+    assert return_type_misuse(APP, parse_return_types(SNAPSHOT.read_text())) == []
