@@ -75,6 +75,17 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
+def _rtpengine(op: Op, flags: str) -> int:
+    """Offer or answer, tried twice: after an rtpengine restart each worker's
+    socket still holds the ICMP error of the outage and fails its next command
+    at once. A second failure is real (and fast: the node is then disabled)."""
+    call = KSR.rtpengine.rtpengine_offer if op is Op.OFFER else KSR.rtpengine.rtpengine_answer
+    rc = call(flags)
+    if rc < 0:
+        rc = call(flags)
+    return rc
+
+
 def _pv(name: str) -> str:
     value = KSR.pv.get(name)
     return "" if value is None else str(value)
@@ -381,11 +392,7 @@ class Gateway:
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
-        flags = str(media.flags(op, receiver, sender))
-        if op is Op.OFFER:
-            rc = KSR.rtpengine.rtpengine_offer(flags)
-        else:
-            rc = KSR.rtpengine.rtpengine_answer(flags)
+        rc = _rtpengine(op, str(media.flags(op, receiver, sender)))
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
@@ -415,9 +422,7 @@ class Gateway:
             receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
             sender = Side.PHONE if self._from_ws() else Side.PBX
             op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
-            flags = str(media.flags(op, receiver, sender))
-            rc = (KSR.rtpengine.rtpengine_answer(flags) if op is Op.ANSWER
-                  else KSR.rtpengine.rtpengine_offer(flags))
+            rc = _rtpengine(op, str(media.flags(op, receiver, sender)))
             if rc < 0:
                 metrics.RTPENGINE_ERRORS.inc()
                 _log("err", "media.reply_failed", method=method, status=status, op=op.value)
@@ -576,5 +581,6 @@ class Gateway:
 
     def _media_delete(self, why: str) -> None:
         if KSR.isflagset(FL_MEDIA) or KSR.is_BYE() or KSR.is_CANCEL():
-            KSR.rtpengine.rtpengine_delete("")
+            if KSR.rtpengine.rtpengine_delete("") < 0:
+                KSR.rtpengine.rtpengine_delete("")
             _log("info", "media.delete", why=why)
