@@ -2,13 +2,16 @@
 # Both install what is missing first (scripts/install-deps.sh).
 PY := .venv/bin/python
 
-.PHONY: run test unit deps bench clean
+.PHONY: run test unit deps agent bench clean
 
 deps:
 	@scripts/install-deps.sh
 
 run: deps
 	$(PY) -m gw.run
+
+agent: deps
+	$(PY) -m agent --open
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)

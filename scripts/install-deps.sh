@@ -38,6 +38,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,agent]'
   touch "$stamp"
 fi
+
+# The agent's web phone: Node.js, chromium (tests) and the JsSIP bundle.
+agent/install.sh
