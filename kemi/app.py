@@ -160,6 +160,8 @@ class Gateway:
         if not self.LOCATION():
             return 1
         if not KSR.isflagset(FL_PEER):
+            if KSR.is_INVITE():
+                KSR.dialog.dlg_manage()
             if KSR.is_method_in("IS") or KSR.is_REFER():
                 KSR.rr.record_route()
             if not self.MEDIA_OFFER():
@@ -348,6 +350,8 @@ class Gateway:
     # ----------------------------------------------------------------- RELAY
     def TO_PBX(self) -> None:
         """Why: everything a phone starts outside a dialog goes to the PBX."""
+        if KSR.is_INVITE():
+            KSR.dialog.dlg_manage()
         if KSR.is_method_in("IS") or KSR.is_REFER():
             KSR.rr.record_route()
         if not self.MEDIA_OFFER():
