@@ -71,7 +71,7 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     if retry_after is not None:
         KSR.hdr.append_to_reply(f"Retry-After: {retry_after}\r\n")
     KSR.sl.sl_send_reply(code, reason)
-    metrics.SIP_REPLIES.labels(metrics.code_class(code)).inc()
+    metrics.count_reply(code)
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
@@ -126,7 +126,7 @@ class Gateway:
             return 1
 
     def _request_route(self) -> int:
-        metrics.SIP_REQUESTS.labels(metrics.method_label(KSR.kx.get_method())).inc()
+        metrics.count_request(KSR.kx.get_method())
         if self.REQINIT():
             return 1
         if self._from_ws():
@@ -414,7 +414,7 @@ class Gateway:
         the request's sender; a 2xx to REGISTER becomes the binding in Redis."""
         status = KSR.kx.get_status()
         method = _pv("$rm")
-        metrics.SIP_REPLIES.labels(metrics.code_class(status)).inc()
+        metrics.count_reply(status)
         if method == "REGISTER":
             self._register_reply(status)
             return 1

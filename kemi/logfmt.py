@@ -4,12 +4,16 @@ One line per decision, greppable and machine-parsable, always carrying the Call-
 """
 from __future__ import annotations
 
+import re
 from typing import Any
+
+
+_NEEDS_QUOTES = re.compile(r'[ "=\r\n\t]')
 
 
 def _value(value: Any) -> str:
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\r\n\t'):
+    if text == "" or _NEEDS_QUOTES.search(text):
         text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n") + '"'
     return text
 

@@ -12,6 +12,7 @@ says where it is; a phone behind NAT does not, and ICE finds it instead.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 
@@ -54,6 +55,7 @@ class Flags:
         return " ".join(self.tokens)
 
 
+@functools.lru_cache(maxsize=None)
 def flags(op: Op, receiver: Side, sender: Side | None = None) -> Flags:
     """The rtpengine module flag string for an offer/answer going to `receiver`.
 

@@ -66,6 +66,28 @@ def code_class(code: int) -> str:
     return f"{code // 100}xx" if 100 <= code < 700 else "other"
 
 
+# Per-message counters: the labelled children, looked up once per worker
+# (labels() validates, builds a key and takes a lock on every call).
+_REQUEST_CHILDREN: dict = {}
+_REPLY_CHILDREN: dict = {}
+
+
+def count_request(method: str) -> None:
+    label = method_label(method)
+    child = _REQUEST_CHILDREN.get(label)
+    if child is None:
+        child = _REQUEST_CHILDREN[label] = SIP_REQUESTS.labels(label)
+    child.inc()
+
+
+def count_reply(code: int) -> None:
+    label = code_class(code)
+    child = _REPLY_CHILDREN.get(label)
+    if child is None:
+        child = _REPLY_CHILDREN[label] = SIP_REPLIES.labels(label)
+    child.inc()
+
+
 class LiveCollector:
     """Scrape-time gauges from the dependencies themselves."""
 
