@@ -46,6 +46,7 @@ FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
 AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
+SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
 RETRY_AFTER_S = 5
 # The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
 # TCP or WebSocket message can carry, so UDP gets the same limit (RFC 3261 513).
@@ -75,10 +76,19 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
-def _rtpengine(op: Op, flags: str) -> int:
+def _rtpengine(op: Op, flags: str, sender: Side) -> int:
     """Offer or answer, tried twice: after an rtpengine restart each worker's
     socket still holds the ICMP error of the outage and fails its next command
-    at once. A second failure is real (and fast: the node is then disabled)."""
+    at once. A second failure is real (and fast: the node is then disabled).
+
+    rtpengine reads the SDP from SDP_VAR (kamailio.cfg, read_sdp_pv), set here
+    before every command: the message's SDP, with CN declared when the PBX
+    sent it (media.declare_cn: rtpengine must know PT 13 to keep it from the
+    phone). rtpengine's answer replaces the message body as usual."""
+    sdp = _pv("$sdp(body)")
+    if sender is Side.PBX:
+        sdp = media.declare_cn(sdp)
+    KSR.pv.sets(SDP_VAR, sdp)
     call = KSR.rtpengine.rtpengine_offer if op is Op.OFFER else KSR.rtpengine.rtpengine_answer
     rc = call(flags)
     if rc < 0:
@@ -396,7 +406,7 @@ class Gateway:
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
-        rc = _rtpengine(op, str(media.flags(op, receiver, sender)))
+        rc = _rtpengine(op, str(media.flags(op, receiver, sender)), sender)
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
@@ -426,7 +436,7 @@ class Gateway:
             receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
             sender = Side.PHONE if self._from_ws() else Side.PBX
             op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
-            rc = _rtpengine(op, str(media.flags(op, receiver, sender)))
+            rc = _rtpengine(op, str(media.flags(op, receiver, sender)), sender)
             if rc < 0:
                 metrics.RTPENGINE_ERRORS.inc()
                 _log("err", "media.reply_failed", method=method, status=status, op=op.value)

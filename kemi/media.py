@@ -30,12 +30,28 @@ class Op(enum.Enum):
     ANSWER = "answer"
 
 
-# Comfort noise must never reach a phone (browsers drop audio on it). CN is
-# stripped from every SDP toward the phone, and never offered to the PBX, so a
-# compliant PBX never sends it. A PBX that sends PT 13 anyway is handled at the
-# RTP level by the flags in _CN_BLOCK (see rtpengine/FLAGS.md).
-_CN_STRIP = ("codec-strip=CN",)
-_CN_BLOCK: tuple[str, ...] = ()
+# Comfort noise (RTP payload type 13) must never reach a phone: browsers drop
+# audio on it. Taking CN out of the SDP is not enough: rtpengine relays RTP of
+# a payload type it has no codec for untouched, so a PBX that sends CN anyway
+# (Asterisk and Genesys media servers do in silences, even when their SDP never
+# offered it) got PT 13 through to the phone. So rtpengine must *know* PT 13 on
+# the PBX leg and decode it, never relay it:
+#  - offers to the PBX: the phone's codecs without its CN, stripped for good
+#    ("full", so no answer brings it back to the phone; the except list is
+#    what browsers offer besides CN), and rtpengine's own CN offered instead
+#    (transcode=CN): CN from the PBX then reaches rtpengine's CN decoder and
+#    the phone gets comfort noise as audio in its codec;
+#  - offers to the phone: the PBX's CN is consumed the same way (hidden from
+#    the phone, decoded by rtpengine);
+#  - every SDP from the PBX gets CN declared before rtpengine sees it
+#    (declare_cn, in app.py through the rtpengine module's read_sdp_pv), so a
+#    PBX sending PT 13 it never offered still hits that decoder.
+# Measured end to end in tests/test_media_webrtc.py (0 PT 13 at a real
+# DTLS-SRTP phone); the flags were chosen with tests/support/cn_experiment.py.
+_CN_OFFER_TO_PBX = ("codec-strip=full", "codec-except=opus", "codec-except=G722",
+                    "codec-except=PCMU", "codec-except=PCMA", "codec-except=telephone-event",
+                    "codec-transcode=CN")
+_CN_OFFER_TO_PHONE = ("codec-consume-CN",)
 
 _TO_PHONE = ("ICE=force", "SDES-off", "generate-mid", "rtcp-mux-require")
 _TO_PBX = ("ICE=remove", "DTLS=off", "SDES-off", "rtcp-mux-demux")
@@ -68,14 +84,66 @@ def flags(op: Op, receiver: Side, sender: Side | None = None) -> Flags:
         tokens += _TO_PHONE
         if op is Op.OFFER:
             tokens.append("UDP/TLS/RTP/SAVPF")
-        tokens += _CN_STRIP
+            tokens += _CN_OFFER_TO_PHONE
     else:
         tokens += _TO_PBX
         if op is Op.OFFER:
             tokens.append("RTP/AVP")
-            tokens += _CN_STRIP
-        tokens += _CN_BLOCK
+            tokens += _CN_OFFER_TO_PBX
     return Flags(tuple(tokens))
+
+
+def declare_cn(sdp: str) -> str:
+    """The PBX's SDP as rtpengine must see it: CN (13 CN/8000) declared on
+    every active RTP audio stream with an 8 kHz codec that does not declare it
+    already, so rtpengine decodes CN the PBX sends without having offered it
+    (see _CN_OFFER_TO_PBX). Only rtpengine sees this; its output replaces the
+    body."""
+    if "m=audio" not in sdp:
+        return sdp
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    out: list[str] = []
+    section: list[str] = []
+
+    def flush() -> None:
+        out.extend(_with_cn(section))
+        section.clear()
+
+    for line in lines:
+        if line.startswith("m="):
+            flush()
+        section.append(line)
+    flush()
+    return eol.join(out)
+
+
+def _with_cn(section: list[str]) -> list[str]:
+    if not section or not section[0].startswith("m=audio "):
+        return list(section)
+    parts = section[0].split()
+    if len(parts) < 4 or parts[1] == "0" or not parts[2].startswith("RTP/"):
+        return list(section)
+    pts = parts[3:]
+    rtpmaps = {line.split()[0][len("a=rtpmap:"):]: line.split()[1].lower()
+               for line in section if line.startswith("a=rtpmap:") and len(line.split()) > 1}
+    if "13" in pts or any(enc.startswith("cn/") for enc in rtpmaps.values()):
+        return list(section)
+    narrowband = any(pt in ("0", "8") or (rtpmaps.get(pt, "").endswith("/8000")
+                                         and not rtpmaps[pt].startswith("telephone-event"))
+                     for pt in pts)
+    if not narrowband:
+        return list(section)
+    new = [section[0] + " 13"] + section[1:]
+    last_map = max((i for i, line in enumerate(new) if line.startswith("a=rtpmap:")), default=None)
+    if last_map is None:
+        # after the m-line's c=/b= lines, or at the end of the section
+        last_map = max((i for i, line in enumerate(new) if line[:2] in ("m=", "c=", "b=")))
+        # keep a trailing empty string (the body's final line break) last
+        if new[-1] == "" and last_map == len(new) - 1:
+            last_map -= 1
+    new.insert(last_map + 1, "a=rtpmap:13 CN/8000")
+    return new
 
 
 def ng_params(flags_: Flags) -> dict[str, object]:

@@ -20,13 +20,42 @@ def test_toward_phone_is_webrtc():
     assert "trust-address" in t  # the PBX's media address is authoritative
 
 
-def test_phone_never_offered_or_answered_cn():
-    for op in Op:
-        assert "codec-strip=CN" in toks(op, Side.PHONE)
+def test_cn_from_the_pbx_is_consumed_not_relayed():
+    # rtpengine relays a payload type it has no codec for untouched: PT 13 from
+    # the PBX must meet a CN codec of rtpengine's own, never the phone.
+    assert "codec-consume-CN" in toks(Op.OFFER, Side.PHONE)
+    t = toks(Op.OFFER, Side.PBX)
+    assert "codec-transcode=CN" in t
+    # the phone's own CN is stripped for good ("full"), so no answer returns it
+    assert "codec-strip=full" in t and "codec-except=CN" not in t
+    for codec in ("opus", "G722", "PCMU", "PCMA", "telephone-event"):
+        assert f"codec-except={codec}" in t
 
 
-def test_pbx_offer_never_contains_cn():
-    assert "codec-strip=CN" in toks(Op.OFFER, Side.PBX)
+def test_answers_carry_no_codec_flags():
+    # codec-strip=CN in an answer to the phone would drop the PBX's CN instead
+    # of turning it into comfort noise; the SDP has no CN toward the phone anyway.
+    for receiver in Side:
+        assert not [t for t in toks(Op.ANSWER, receiver) if t.startswith(("codec-", "transcode"))]
+
+
+def test_declare_cn_on_pbx_sdp():
+    from kemi.media import declare_cn
+    sdp = ("v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+           "m=audio 4000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
+           "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n")
+    out = declare_cn(sdp)
+    assert "m=audio 4000 RTP/AVP 0 101 13\r\n" in out
+    assert "a=rtpmap:101 telephone-event/8000\r\na=rtpmap:13 CN/8000\r\n" in out
+    assert out.endswith("a=sendrecv\r\n")
+    assert declare_cn(out) == out                         # already declared: unchanged
+    no_map = sdp.replace("a=rtpmap:0 PCMU/8000\r\n", "").replace(" 0 101", " 0")
+    assert "m=audio 4000 RTP/AVP 0 13\r\n" in declare_cn(no_map)
+    assert "a=rtpmap:13 CN/8000" in declare_cn(no_map)
+    for untouched in (sdp.replace("m=audio 4000", "m=audio 0"),                 # rejected stream
+                      sdp.replace(" 0 101", " 96").replace("0 PCMU/8000", "96 opus/48000/2"),
+                      sdp.replace("RTP/AVP", "UDP/TLS/RTP/SAVPF"), ""):
+        assert declare_cn(untouched) == untouched
 
 
 def test_answers_do_not_force_transport():
@@ -45,5 +74,9 @@ def test_ng_params_mirror_module_parsing():
     assert p["replace"] == ["origin", "session-connection"]
     assert p["ICE"] == "force" and p["transport-protocol"] == "UDP/TLS/RTP/SAVPF"
     assert p["rtcp-mux"] == ["require"] and p["SDES"] == ["off"]
-    assert p["codec"] == {"strip": ["CN"]}
+    assert "codec" not in p
     assert "generate-mid" in p["flags"] and "trust-address" in p["flags"]
+    assert "codec-consume-CN" in p["flags"]
+    q = ng_params(flags(Op.OFFER, Side.PBX))
+    assert q["codec"] == {"strip": ["full"], "except": ["opus", "G722", "PCMU", "PCMA", "telephone-event"],
+                          "transcode": ["CN"]}
