@@ -19,5 +19,10 @@ test: deps
 unit: deps
 	$(PY) -m pytest tests/unit -q
 
+# Capacity benchmark, KEMI vs a native-cfg baseline (not part of make test);
+# BENCH_QUICK=1 for a ~3 minute run. Writes bench/RESULTS.md.
+bench: deps
+	$(PY) -m bench
+
 clean:
 	rm -rf .run tests/_artifacts .pytest_cache
