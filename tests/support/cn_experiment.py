@@ -554,7 +554,7 @@ VARIANTS = [
             "codec-strip=full codec-except=PCMU codec-except=PCMA "
             "codec-except=telephone-event/8000 codec-transcode=CN", "codec-strip=CN",
             "codec-consume-CN", "codec-strip=CN",
-            note="winning flags + codec-strip=CN in the answers (shows strip-in-answer harm)"),
+            note="winning flags + codec-strip=CN in answers: A still blocked, but CN dropped, not noise"),
     Variant("mask+transcode",
             "codec-mask=CN codec-transcode=CN", "", "codec-mask=CN codec-accept-CN", "",
             note="A: mask phone CN + transcoded CN to PBX; B: mask+accept"),
@@ -570,10 +570,10 @@ class Call:
     shape: str
     phone: Endpoint
     pbx: Endpoint
-    sdp_to_phone: Sdp
-    sdp_to_pbx: Sdp
-    phone_sdp: Sdp   # the phone's own SDP (offer or answer)
-    pbx_sdp: Sdp     # the PBX's own SDP (as declared by the PBX itself, before any injection)
+    sdp_to_phone: Optional[Sdp]  # what rtpengine sent to the phone (None: signalling failed)
+    sdp_to_pbx: Optional[Sdp]    # what rtpengine sent to the PBX
+    phone_sdp: Optional[Sdp]     # the phone's own SDP (offer or answer)
+    pbx_sdp: Optional[Sdp]       # the PBX's own SDP, before any gateway-side CN injection
     errors: list
 
 
