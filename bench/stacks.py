@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from gw import stack
-from kemi import settings as settings_mod
+from kemi import media, settings as settings_mod
 from kemi.ng import NgClient
 from kemi.settings import HostPort
 
@@ -188,6 +188,12 @@ def _argv_native(cfg: settings_mod.Settings, run_dir: Path, children: int, log_l
     ]
     if flood_limit > 0:
         defines.append("FLOOD_ON")
+    # The same rtpengine flags as the KEMI app, from the same code.
+    for op in media.Op:
+        for receiver in media.Side:
+            for sender in media.Side:
+                name = f"F_{op.value.upper()}_TO_{receiver.name}_FROM_{sender.name}"
+                defines.append(f'{name}="{media.flags(op, receiver, sender)}"')
     for d in defines:
         argv += ["-A", d]
     return argv
