@@ -148,14 +148,18 @@ class Gateway:
             if KSR.tm.t_check_trans() > 0:
                 self.RELAY()
             return 1
-        if self.WITHINDLG():
-            return 1
+        # Retransmissions are absorbed before any routing, in-dialog ones too (a
+        # PBX resends BYE/NOTIFY/INFO/re-INVITE over UDP every 500 ms until the
+        # phone answers): otherwise each copy is routed again, logged as a second
+        # decision and, with SDP, handed to rtpengine again.
         if not KSR.is_ACK():
             if KSR.tmx.t_precheck_trans() > 0:
                 KSR.tm.t_check_trans()
                 return 1
             if KSR.tm.t_check_trans() == 0:
                 return 1
+        if self.WITHINDLG():
+            return 1
         if KSR.is_REGISTER():
             self.REGISTRAR()
             return 1
