@@ -45,9 +45,12 @@ COPY kamailio.cfg ./
 COPY kemi/ ./kemi/
 COPY gw/ ./gw/
 COPY --chmod=0755 deploy/gateway-healthcheck.py /usr/local/bin/gateway-healthcheck
+# gwctl, the on-call tool (gw/ctl.py): docker compose exec gateway gwctl doctor
+RUN printf '#!/bin/sh\nPYTHONPATH=/opt/gateway exec python3 -m gw.ctl "$@"\n' > /usr/local/bin/gwctl \
+ && chmod 0755 /usr/local/bin/gwctl
 
 # Fail the build, not the first call, when an import is missing.
-RUN python3 -c "import bencode, redis, prometheus_client, kemi.turn, kemi.settings, gw.run"
+RUN python3 -c "import bencode, redis, prometheus_client, kemi.turn, kemi.settings, gw.run, gw.ctl"
 
 # The product's interface: GW_* settings (see README). Defaults suit host
 # networking next to rtpengine/Redis on the same machine; compose overrides them.

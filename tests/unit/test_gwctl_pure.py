@@ -1,0 +1,146 @@
+"""gw/ctl.py's pure parts: kamcmd output parsing, the address rule, SDP checks,
+the ctl socket path, the ICE check it sends. No daemons."""
+from __future__ import annotations
+
+import binascii
+import hashlib
+import hmac
+import struct
+from pathlib import Path
+
+import pytest
+
+from gw import ctl
+from kemi import settings as settings_mod
+
+DLG_LIST = """{
+\th_entry: 1454
+\tcall-id: abc@host
+\tfrom_uri: sip:1001@pbx.test
+\tstate: 4
+\tstart_ts: 1795580268
+\tcaller: {
+\t\ttag: sjsibtmu7o
+\t\tcontact: sip:dm7erris@s645ssf7n15v.invalid;transport=ws;ob
+\t\troute_set: 
+\t\tsocket: tcp:127.0.0.1:8080
+\t}
+\tprofiles: {
+\t}
+}
+{
+\tcall-id: second
+\tstate: 2
+}
+"""
+
+WS_DUMP = """{
+\tconnections: {
+\t\t1: ws:127.0.0.1:56226 -> ws:127.0.0.1:55577 (state: OPEN,  last used 3s ago, sub-protocol: sip)
+\t\t12: ws:10.0.0.9:40000 -> ws:127.0.0.1:55577 (state: CLOSING,  last used 40s ago, sub-protocol: sip)
+\t}
+\tinfo: {
+\t\twscounter: 2
+\t\ttruncated: no
+\t}
+}
+"""
+
+
+def test_parse_kamcmd_structs_nested_and_repeated():
+    first, second = ctl.parse_kamcmd(DLG_LIST)
+    assert first["call-id"] == "abc@host" and first["state"] == "4"
+    assert first["caller"]["contact"] == "sip:dm7erris@s645ssf7n15v.invalid;transport=ws;ob"
+    assert first["caller"]["route_set"] == "" and first["profiles"] == {}
+    assert second == {"call-id": "second", "state": "2"}
+    assert ctl.parse_kamcmd("{\n\ta: 1\n\ta: 2\n\ta: 3\n}\n") == [{"a": ["1", "2", "3"]}]
+    assert ctl.parse_kamcmd("") == []
+    assert ctl.parse_kamcmd("plain value\n") == ["plain value"]
+
+
+def test_ws_dump_lines_parse():
+    [dump] = ctl.parse_kamcmd(WS_DUMP)
+    conns = dump["connections"]
+    m = ctl._WS_LINE.match(conns["12"])
+    assert m and (m["remote"], m["local"], m["state"], m["idle"], m["proto"]) == (
+        "ws:10.0.0.9:40000", "ws:127.0.0.1:55577", "CLOSING", "40", "sip")
+    assert dump["info"]["truncated"] == "no"
+
+
+@pytest.mark.parametrize("ip,kind", [
+    ("127.0.0.1", "loopback"), ("127.8.0.3", "loopback"), ("::1", "loopback"),
+    ("0.0.0.0", "unspecified"), ("169.254.10.1", "link-local"), ("fe80::1", "link-local"),
+    ("10.1.2.3", "private"), ("172.20.0.1", "private"), ("192.168.1.10", "private"),
+    ("100.64.0.1", "private"), ("fd00::1", "private"),
+    ("198.51.100.7", "public"), ("8.8.8.8", "public"), ("172.32.0.1", "public"), ("2001:db8::1", "public"),
+])
+def test_address_kind(ip, kind):
+    assert ctl.address_kind(ip) == kind
+
+
+def _probe(addr: str) -> ctl.MediaProbe:
+    sdp = f"v=0\r\nc=IN IP4 {addr}\r\nm=audio 20000 UDP/TLS/RTP/SAVPF 0\r\n" \
+          f"a=candidate:x 1 UDP 2130706431 {addr} 20000 typ host\r\n"
+    return ctl.MediaProbe(engine="udp:127.0.0.1:2223", to_phone={"inbound offer": sdp}, bound="127.0.0.1")
+
+
+@pytest.mark.parametrize("addr,phones,status", [
+    ("127.0.0.1", "local", "ok"), ("127.0.0.1", "lan", "fail"), ("127.0.0.1", "internet", "fail"),
+    ("10.0.0.5", "lan", "ok"), ("10.0.0.5", "internet", "fail"), ("10.0.0.5", "local", "ok"),
+    ("203.0.113.9", "internet", "ok"), ("0.0.0.0", "local", "fail"),
+])
+def test_media_address_rule(addr, phones, status):
+    cfg = settings_mod.load({})
+    check = ctl.media_address_check(cfg, _probe(addr), phones)
+    assert check["status"] == status, check
+    if status == "fail":
+        assert check["fix"] and "--phones" in check["fix"]
+
+
+def test_sdp_helpers():
+    sdp = ("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 9 RTP/AVP 0 13 101\r\na=rtpmap:13 CN/8000\r\n"
+           "a=candidate:1 1 udp 2122260223 5.6.7.8 50000 typ host\r\n"
+           "a=candidate:2 1 udp 1686052607 1.2.3.4 50000 typ srflx raddr 0.0.0.0 rport 0\r\n")
+    assert ctl.sdp_addresses(sdp) == ["1.2.3.4", "5.6.7.8"]
+    assert ctl.sdp_cn(sdp) == ["m=audio payload 13", "a=rtpmap:13 CN/8000"]
+    assert ctl.sdp_cn("m=audio 9 RTP/AVP 0 8 113\r\na=rtpmap:0 PCMU/8000\r\n") == []
+
+
+def test_ctl_socket_resolution(tmp_path):
+    assert ctl.ctl_socket("unix:/x/y", {}) == "unix:/x/y"
+    assert ctl.ctl_socket("/x/y", {}) == "unix:/x/y"
+    assert ctl.ctl_socket("tcp:127.0.0.1:2049", {}) == "tcp:127.0.0.1:2049"
+    assert ctl.ctl_socket(None, {"GW_RUN_DIR": str(tmp_path)}) == f"unix:{tmp_path.resolve()}/kamailio_ctl"
+    assert ctl.ctl_socket(None, {}) == f"unix:{(ctl.ROOT / '.run').resolve()}/kamailio_ctl"
+
+
+def test_redact_url():
+    assert ctl.redact_url("redis://:pw@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert ctl.redact_url("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
+    assert ctl.redact_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_ice_check_is_a_valid_stun_request():
+    """USERNAME remote:local, MESSAGE-INTEGRITY keyed with the remote ice-pwd, FINGERPRINT."""
+    packet, txid = ctl.stun_binding("RUFRAG", "lufrag", "remote-password")
+    mtype, length, magic = struct.unpack("!HHI", packet[:8])
+    assert (mtype, magic, packet[8:20], length) == (0x0001, 0x2112A442, txid, len(packet) - 20)
+    attrs, pos = {}, 20
+    while pos < len(packet):
+        t, n = struct.unpack("!HH", packet[pos:pos + 4])
+        attrs[t] = (pos, packet[pos + 4:pos + 4 + n])
+        pos += 4 + n + (-n % 4)
+    assert attrs[0x0006][1] == b"RUFRAG:lufrag"
+    mi_pos, mac = attrs[0x0008]
+    head = struct.pack("!HHI", 0x0001, mi_pos - 20 + 24, 0x2112A442) + txid
+    assert mac == hmac.new(b"remote-password", head + packet[20:mi_pos], hashlib.sha1).digest()
+    fp_pos, crc = attrs[0x8028]
+    assert struct.unpack("!I", crc)[0] == (binascii.crc32(packet[:fp_pos]) ^ 0x5354554E) & 0xFFFFFFFF
+
+
+def test_gwctl_never_imports_kemi_metrics():
+    """kemi.metrics empties the Prometheus multiprocess directory on import: a gwctl
+    run inside the gateway's container must not wipe the running gateway's counters."""
+    source = Path(ctl.__file__).read_text()
+    assert "kemi.metrics" not in source.replace("Never import kemi.metrics", "")
+    assert "import metrics" not in source and "metrics," not in source
