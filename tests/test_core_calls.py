@@ -112,7 +112,9 @@ def test_1_register_digest_via_pbx_binding_in_redis_and_unregister(gw):
     r = gw.redis_client()
 
     async def go():
-        with sipp("pbx_registrar.xml", gw, calls=None, keys={"password": PASSWORD}) as reg:
+        # Two registrar rounds (register, unregister): SIPp then exits by itself
+        # and its message trace is complete when we read it.
+        with sipp("pbx_registrar.xml", gw, calls=2, keys={"password": PASSWORD}) as reg:
             phone = await WsPhone.connect(gw.ws_url, user="1001", domain="pbx.test", password=PASSWORD)
             resp = await phone.register(expires=600)
             assert resp.status == 200
@@ -120,12 +122,12 @@ def test_1_register_digest_via_pbx_binding_in_redis_and_unregister(gw):
             assert statuses == [401, 200], "the PBX challenges, the gateway only relays"
             rec = json.loads(wait_until(lambda: r.get("gw:reg:1001"), 5, "binding in Redis"))
             ttl = r.ttl("gw:reg:1001")
-            msgs = reg.messages()
             resp = await phone.unregister()
             assert resp.status == 200
             wait_until(lambda: r.get("gw:reg:1001") is None, 5, "binding removed")
             await phone.close()
-        return rec, ttl, msgs
+            assert await finished(reg, 10) == 0, reg.errors()
+        return rec, ttl, reg.messages()
 
     rec, ttl, msgs = asyncio.run(go())
     assert rec["user"] == "1001"
@@ -211,10 +213,10 @@ def test_4_unknown_dn_404_and_websocket_gone_480(gw):
 def test_4_pbx_calls_contact_learnt_via_path(gw):
     """Asterisk with Path support sends to the registered contact, routed by our Path."""
     async def go():
-        with sipp("pbx_registrar.xml", gw, calls=None, keys={"password": PASSWORD}) as reg:
+        with sipp("pbx_registrar.xml", gw, calls=1, keys={"password": PASSWORD}) as reg:
             phone = await WsPhone.connect(gw.ws_url, user="1004", domain="pbx.test", password=PASSWORD)
             assert (await phone.register(expires=600)).status == 200
-            reg.stop()
+            assert await finished(reg, 10) == 0, reg.errors()
         msgs = reg.messages()
         contact = re.findall(r"^Contact: <([^>]+)>", msgs, re.M)[-1]
         path = re.findall(r"^Path: (<[^>]+>)", msgs, re.M)[-1]
