@@ -9,7 +9,7 @@ APT_PACKAGES=(
   kamailio-redis-modules kamailio-extra-modules kamailio-utils-modules
   rtpengine-daemon redis-server sip-tester
   python3 python3-venv python3-redis python3-prometheus-client
-  iproute2 nginx coturn prometheus openssl redis-sentinel
+  iproute2 nftables nginx coturn prometheus openssl redis-sentinel python3-dev
 )
 
 missing=()
