@@ -368,9 +368,10 @@ class Gateway:
             KSR.dialog.dlg_manage()
         if KSR.is_method_in("IS") or KSR.is_REFER():
             KSR.rr.record_route()
+        # The destination first: MEDIA_OFFER picks the flags by where it goes.
+        KSR.setdsturi(self.pbx_uri)
         if not self.MEDIA_OFFER():
             return
-        KSR.setdsturi(self.pbx_uri)
         self.RELAY()
 
     def RELAY(self) -> None:
@@ -497,8 +498,6 @@ class Gateway:
         """Why: a call that failed, was cancelled or timed out must not leave a
         session behind in rtpengine."""
         self._media_delete("failure")
-        if KSR.tm.t_is_canceled() > 0:
-            return 1
         return 1
 
     # ------------------------------------------------------------ websocket
