@@ -6,6 +6,7 @@ Kamailio, rtpengine and Redis exactly the way the product does.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,6 +44,26 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
         except OSError:
             continue
     raise StartError("no free port")
+
+
+def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
+    """`count` consecutive UDP ports free right now on `host`, below the kernel's
+    ephemeral range (so no outgoing socket takes one meanwhile)."""
+    for _ in range(200):
+        low = random.randrange(20000, 32000 - count, 2)
+        socks = []
+        try:
+            for port in range(low, low + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, port))
+            return low, low + count - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise StartError(f"no {count} consecutive free UDP ports")
 
 
 def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -83,7 +83,7 @@ def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
     ws_port = stack.free_port(host, kind=stack.socket.SOCK_STREAM)
     pbx_port = stack.free_port(host)
     # A media range of our own so parallel runs never collide.
-    low = 20000 + (os.getpid() % 200) * 100
+    low, _ = stack.free_port_range(100, host)
     env = dict(os.environ)
     env.update({
         "GW_WS_LISTEN": f"{host}:{ws_port}",

@@ -42,6 +42,7 @@ for p in (ROOT, ROOT / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from gw import stack  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.ng import NgClient, NgError  # noqa: E402
 from kemi.turn import turn_credentials  # noqa: E402
@@ -60,40 +61,6 @@ def need(program: str) -> str:
     if not path:
         pytest.fail(f"{program} is not installed: run scripts/install-deps.sh (see the test's docstring)")
     return path
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, also_tcp: bool = False) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not also_tcp:
-            return port
-        try:  # the same number must be free for TCP too (turnserver listens on both)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                t.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no free port")
-
-
-def free_range(size: int) -> tuple[int, int]:
-    """A block of UDP ports free right now (for relay/media ranges)."""
-    for base in range(41000, 48000, size * 3):
-        socks = []
-        try:
-            for p in range(base, base + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base, base + size - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 class Proc:
@@ -343,7 +310,7 @@ def test_nginx_wss_proxy_live(tmp_path, procs):
     nginx = need("nginx")
     cert, key = make_cert(tmp_path)
     upstream = FakeGateway()
-    port = free_port(socket.SOCK_STREAM)
+    port = stack.free_port(kind=socket.SOCK_STREAM)
     text = render_nginx_template({
         "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
         "GW_WS_UPSTREAM": f"127.0.0.1:{upstream.port}",
@@ -448,10 +415,10 @@ def test_rtpengine_conf_options_exist_in_this_rtpengine():
 
 def test_rtpengine_starts_from_shipped_conf_and_answers_ping(tmp_path, procs):
     rtpengine = need("rtpengine")
-    ng_port = free_port()
-    cli_port = free_port()
-    http_port = free_port(socket.SOCK_STREAM)
-    lo, hi = free_range(20)
+    ng_port = stack.free_port()
+    cli_port = stack.free_port()
+    http_port = stack.free_port(kind=socket.SOCK_STREAM)
+    lo, hi = stack.free_port_range(20)
     proc = procs("rtpengine", [
         rtpengine, f"--config-file={ROOT / 'rtpengine' / 'rtpengine.conf'}",
         "--table=-1", "--interface=127.0.0.1",
@@ -492,8 +459,8 @@ def test_coturn_conf_has_no_secret_and_uses_rest_api():
 
 def test_coturn_answers_stun_and_accepts_rest_credentials(tmp_path, procs):
     turnserver = need("turnserver")
-    port = free_port(also_tcp=True)
-    lo, hi = free_range(20)
+    port = stack.free_port()
+    lo, hi = stack.free_port_range(20)
     secret = "test-only-secret-" + os.urandom(4).hex()
     proc = procs("turnserver", [
         turnserver, "-c", str(DEPLOY / "coturn" / "turnserver.conf"),
@@ -701,7 +668,7 @@ def test_healthcheck_script_against_http_server():
     finally:
         srv.shutdown()
         srv.server_close()
-    r = run(script, env={**os.environ, "GW_WS_LISTEN": f"127.0.0.1:{free_port(socket.SOCK_STREAM)}"})
+    r = run(script, env={**os.environ, "GW_WS_LISTEN": f"127.0.0.1:{stack.free_port(kind=socket.SOCK_STREAM)}"})
     assert r.returncode == 1 and "unhealthy" in r.stdout
     r = run(script, env={**os.environ, "GW_WS_LISTEN": "nonsense"})
     assert r.returncode == 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -79,25 +78,6 @@ def port_taken(port: int) -> bool:
 def wait_listening(port: int, timeout: float = 5) -> None:
     """SIPp is up once its UDP port is taken."""
     wait_until(lambda: port_taken(port), timeout, f"SIPp listening on {port}")
-
-
-def free_range(count: int) -> tuple[int, int]:
-    """`count` consecutive UDP ports free on 127.0.0.1, below the ephemeral range."""
-    for _ in range(200):
-        low = random.randrange(24000, 32000 - count, 2)
-        socks = []
-        try:
-            for p in range(low, low + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return low, low + count - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no free port range")
 
 
 def start_rtpengine(base: Path, interface: str, ports: tuple[int, int],
@@ -191,7 +171,7 @@ def test_doctor_advertised_address_rule(tmp_path, advertised, phones, expected):
     """rtpengine binds 127.0.0.1 and advertises another address (interface=IP!ADV,
     as behind 1:1 NAT): the rule judges the advertised one, and the port probes
     go to the bound one (nothing is ever sent to the advertised address)."""
-    d, env = start_rtpengine(tmp_path, f"127.0.0.1!{advertised}", free_range(40))
+    d, env = start_rtpengine(tmp_path, f"127.0.0.1!{advertised}", stack.free_port_range(40))
     try:
         rc, checks = doctor({**os.environ, **env}, "--phones", phones, "--only", MEDIA_CHECKS)
     finally:
@@ -298,7 +278,7 @@ def test_doctor_comfort_noise_toward_the_phone(gw, monkeypatch):
 
 def test_doctor_media_ports_taken_by_another_program(tmp_path):
     """Another program (Asterisk's rtp.conf range, say) holds rtpengine's ports."""
-    low, high = free_range(12)
+    low, high = stack.free_port_range(12)
     squatters = []
     d, env = start_rtpengine(tmp_path, "127.0.0.1", (low, high))
     try:
@@ -321,7 +301,7 @@ def test_doctor_media_ports_taken_by_another_program(tmp_path):
 
 def test_doctor_media_ports_outside_gw_media_ports(tmp_path):
     """rtpengine's own range differs from GW_MEDIA_PORTS (what the firewall opens)."""
-    low, high = free_range(40)
+    low, high = stack.free_port_range(40)
     d, env = start_rtpengine(tmp_path, "127.0.0.1", (low, high))
     try:
         env["GW_MEDIA_PORTS"] = f"{low + 1000}-{high + 1000}"
