@@ -2,7 +2,7 @@
 # Both install what is missing first (scripts/install-deps.sh).
 PY := .venv/bin/python
 
-.PHONY: run test unit deps agent bench clean
+.PHONY: run test unit deps agent agent-package bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -10,8 +10,15 @@ deps:
 run: deps
 	$(PY) -m gw.run
 
+# The connector from this tree (installed editable into .venv), for developers;
+# its certificate stays in .run/agent unless AGENT_CERT_DIR says otherwise.
 agent: deps
-	$(PY) -m agent --open
+	AGENT_CERT_DIR="$${AGENT_CERT_DIR:-$(CURDIR)/.run/agent}" .venv/bin/gateway-agent
+
+# What agents' desktops get: dist/webrtc_gateway_agent-<version>-py3-none-any.whl,
+# the JsSIP bundle built into it (agent/build.py; agent/README.md for the rollout).
+agent-package: deps
+	$(PY) agent/build.py wheel
 
 test: deps
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -25,4 +32,4 @@ bench: deps
 	$(PY) -m bench
 
 clean:
-	rm -rf .run tests/_artifacts .pytest_cache
+	rm -rf .run tests/_artifacts .pytest_cache dist

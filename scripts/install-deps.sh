@@ -36,11 +36,23 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.deps-$(sha1sum pyproject.toml | cut -c1-12)
+# The agent's connector (agent/pyproject.toml, the gateway-agent command) is its
+# own distribution: installed editable too, so `make agent` runs this tree.
+stamp=.venv/.deps-$(cat pyproject.toml agent/pyproject.toml | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,agent]'
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test,agent]' -e ./agent
   touch "$stamp"
 fi
 
-# The agent's web phone: Node.js, chromium (tests) and the JsSIP bundle.
+# The agent's web phone: Node.js, chromium (tests), certutil and the JsSIP bundle.
 agent/install.sh
+
+# The connector's dependencies as wheels: the tests install the agent wheel into a
+# fresh venv from here with pip alone, as an agent's PC would, without the network.
+wheelhouse=.venv/wheelhouse-agent
+stamp=$wheelhouse/.deps-$(sha1sum agent/pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+  rm -rf "$wheelhouse"
+  .venv/bin/python agent/build.py wheelhouse --dest "$wheelhouse"
+  touch "$stamp"
+fi

@@ -1,6 +1,8 @@
-"""The bridge's settings: AGENT_* environment variables, validated at start.
+"""The connector's settings: AGENT_* environment variables, validated at start.
 
-Every error names the variable, so `make agent` can print it and exit 2.
+Every error names the variable, so `gateway-agent` can print it and exit 2.
+AGENT_CERT_DIR defaults to the user's own config folder (platforms/), never
+the current directory: an agent's PC starts it from anywhere (autostart).
 """
 from __future__ import annotations
 
@@ -9,10 +11,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from gateway_agent import platforms
+
+NAMES = ("AGENT_GATEWAY_WS", "AGENT_ORIGINS", "AGENT_LISTEN", "AGENT_CERT_DIR")
 
 DEFAULTS: dict[str, str] = {
     "AGENT_GATEWAY_WS": "ws://127.0.0.1:8080",
@@ -20,9 +24,17 @@ DEFAULTS: dict[str, str] = {
     # cross-origin caller at all (only the phone page itself and local tools).
     "AGENT_ORIGINS": "",
     "AGENT_LISTEN": "127.0.0.1:8000",
-    # Where the locally generated certificate and key live.
-    "AGENT_CERT_DIR": str(ROOT / ".run" / "agent"),
+    # AGENT_CERT_DIR (the certificate and key): the platform's config folder,
+    # see default_cert_dir().
 }
+
+
+def default_cert_dir(env: Mapping[str, str], home: Optional[Path] = None,
+                     platform: Optional[str] = None) -> Path:
+    """%APPDATA%\\webrtc-gateway-agent, ~/Library/Application Support/webrtc-gateway-agent
+    or $XDG_CONFIG_HOME/webrtc-gateway-agent."""
+    return platforms.for_platform(platform).config_dir(platforms.Context.current(env, home))
+
 
 _HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
@@ -103,12 +115,19 @@ def _gateway_ws(var: str, value: str) -> str:
     return value
 
 
-def load(env: Mapping[str, str] | None = None) -> Settings:
+def given(env: Mapping[str, str]) -> dict[str, str]:
+    """The AGENT_* settings env sets (non-empty), in NAMES order."""
+    return {n: env[n].strip() for n in NAMES if env.get(n, "").strip()}
+
+
+def load(env: Mapping[str, str] | None = None, home: Optional[Path] = None) -> Settings:
     env = os.environ if env is None else env
 
     def get(name: str) -> str:
         value = env.get(name)
-        return (DEFAULTS[name] if value is None or value.strip() == "" else value).strip()
+        if value is None or value.strip() == "":
+            return DEFAULTS[name] if name in DEFAULTS else str(default_cert_dir(env, home))
+        return value.strip()
 
     origins: list[str] = []
     for item in re.split(r"[\s,]+", get("AGENT_ORIGINS")):

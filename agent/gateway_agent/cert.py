@@ -2,9 +2,10 @@
 
 A self-signed certificate for the listen address (plus 127.0.0.1 and localhost
 on loopback), kept in AGENT_CERT_DIR and reused while it is valid for at least
-30 more days and covers the address; otherwise made anew. README says how to
-trust it (and the SPKI pin printed at start works with Chromium's
---ignore-certificate-errors-spki-list).
+30 more days and covers the address; otherwise made anew. `gateway-agent
+trust-cert` trusts it (and the SPKI pin printed at start works with Chromium's
+--ignore-certificate-errors-spki-list). Only a server certificate (CA:false, no
+keyCertSign): trusted as a root it still cannot vouch for any other site.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+CERT_FILE, KEY_FILE = "bridge-cert.pem", "bridge-key.pem"
 VALID_DAYS = 397          # the longest validity browsers accept for a server certificate
 RENEW_BEFORE = dt.timedelta(days=30)
 
@@ -61,7 +63,7 @@ def _usable(cert: x509.Certificate, host: str) -> bool:
 
 def ensure(cert_dir: Path, host: str) -> CertFiles:
     cert_dir.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = cert_dir / "bridge-cert.pem", cert_dir / "bridge-key.pem"
+    cert_path, key_path = cert_dir / CERT_FILE, cert_dir / KEY_FILE
     if cert_path.exists() and key_path.exists():
         try:
             cert = x509.load_pem_x509_certificate(cert_path.read_bytes())

@@ -2,7 +2,7 @@
 
 WWE 8.5 talks to a local "softphone connector" over HTTPS. This bridge speaks
 that API (v1 and v2) and turns each request into a command for the one phone
-page (agent/web, JsSIP) connected to it over a WebSocket (/phone/ws). The page
+page (static/, JsSIP) connected to it over a WebSocket (/phone/ws). The page
 is the source of truth for registration and calls: it pushes a snapshot of its
 state on every change, which the bridge keeps, answers GETs from, and turns
 into the events WWE reads with /Ping.
@@ -21,17 +21,17 @@ import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
 from aiohttp import WSMsgType, web
 
-from agent.settings import Settings
+from gateway_agent import versions
+from gateway_agent.settings import Settings
 
 log = logging.getLogger("agent")
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
-DIST_DIR = WEB_DIR / "dist"
+# The page, its style, and the JsSIP bundle built at package time (agent/build.py).
+STATIC_DIR = versions.STATIC_DIR
 COMMAND_TIMEOUT_S = 10.0
 PING_EVENTS_MAX = 200
 
@@ -308,7 +308,7 @@ def build_app(cfg: Settings) -> web.Application:
 
     # ------------------------------------------------------------ page
     async def phone_page(request: web.Request) -> web.StreamResponse:
-        resp = web.FileResponse(WEB_DIR / "phone.html")
+        resp = web.FileResponse(STATIC_DIR / "phone.html")
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Content-Security-Policy"] = (
             "default-src 'self'; connect-src 'self' wss: ws:; media-src 'self' blob: mediastream:; "
@@ -317,9 +317,7 @@ def build_app(cfg: Settings) -> web.Application:
 
     async def phone_asset(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        allowed_assets = {"phone.css": WEB_DIR / "phone.css", "phone.js": DIST_DIR / "phone.js",
-                          "phone.js.map": DIST_DIR / "phone.js.map"}
-        path = allowed_assets.get(name)
+        path = STATIC_DIR / name if name in ("phone.css", "phone.js", "phone.js.map") else None
         if path is None or not path.exists():
             raise web.HTTPNotFound(reason=f"no asset {name}")
         resp = web.FileResponse(path)
@@ -577,6 +575,8 @@ def build_app(cfg: Settings) -> web.Application:
             return _json({"uuid": call["uuid"], **result})
         return handler
 
+    app_versions = versions.collect()
+
     async def health(request: web.Request) -> web.Response:
         return _json({
             "status": "ok",
@@ -586,6 +586,7 @@ def build_app(cfg: Settings) -> web.Application:
             "calls": len([c for c in ep.calls if c.get("state") != "ended"]),
             "gateway_ws": cfg.gateway_ws,
             "uptime_s": round(time.time() - ep.started, 1),
+            "versions": app_versions,
         })
 
     r.add_get("/calls", list_calls)
