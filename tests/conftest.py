@@ -148,6 +148,17 @@ def fresh_gw(tmp_path: Path) -> Iterator[Stack]:
     _stop_stack(s)
 
 
+@pytest.fixture(scope="session")
+def agent_install():
+    """The connector's wheel, built once per session and installed with pip alone
+    into a fresh venv without Node.js (tests/support/agent_package.py)."""
+    from support.agent_package import build_and_install
+    inst = build_and_install(ARTIFACTS / "agent_package")
+    print(f"agent wheel {inst.wheel.name}: built in {inst.build_seconds}s, "
+          f"installed in {inst.install_seconds}s")
+    return inst
+
+
 def wait_until(check, timeout: float = 5.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while True:

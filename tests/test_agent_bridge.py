@@ -1,21 +1,19 @@
 """The WWE connector bridge on its own: settings validation, its certificate,
 CORS, JSON errors, and the page protocol, with a stand-in page (a WebSocket
-client) instead of the browser. No gateway needed."""
+client) instead of the browser. No gateway needed. The running bridge is the
+`gateway-agent` installed from the wheel (agent_install, tests/conftest.py)."""
 from __future__ import annotations
 
 import json
-import os
 import ssl
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from agent import cert as cert_mod
-from agent import settings as settings_mod
+from gateway_agent import cert as cert_mod
+from gateway_agent import settings as settings_mod
 from support.agent_harness import Bridge, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,10 +52,9 @@ def test_settings_errors_name_the_variable(var, value, words):
     assert str(exc.value).startswith(f"{var}:") and words in str(exc.value)
 
 
-def test_bad_setting_exits_2_naming_the_variable(tmp_path):
-    env = dict(os.environ, AGENT_ORIGINS="*", AGENT_CERT_DIR=str(tmp_path))
-    r = subprocess.run([sys.executable, "-m", "agent"], cwd=ROOT, env=env, capture_output=True,
-                       text=True, timeout=30)
+def test_bad_setting_exits_2_naming_the_variable(tmp_path, agent_install):
+    r = agent_install.run("--no-open", env=agent_install.env({"AGENT_ORIGINS": "*",
+                                                               "AGENT_CERT_DIR": str(tmp_path)}))
     assert r.returncode == 2
     assert "AGENT_ORIGINS" in r.stderr
 
@@ -80,9 +77,10 @@ def test_certificate_covers_loopback_and_is_reused(tmp_path):
 
 # ------------------------------------------------------------------ the running bridge
 @pytest.fixture(scope="module")
-def bridge():
+def bridge(agent_install):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    b = Bridge.start("ws://127.0.0.1:9", WWE, ARTIFACTS / "cert", ARTIFACTS / "bridge.log")
+    b = Bridge.start("ws://127.0.0.1:9", WWE, ARTIFACTS / "cert", ARTIFACTS / "bridge.log",
+                     command=agent_install.command, base_env=agent_install.env())
     yield b
     b.stop()
 

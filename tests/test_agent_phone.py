@@ -1,6 +1,8 @@
-"""The agent's side end to end: WWE's connector calls -> the bridge (`python -m
-agent`) -> the JsSIP page in Debian's headless chromium -> the real gateway
-(Kamailio, rtpengine, Redis) -> SIPp as the PBX (Genesys SIP Server style).
+"""The agent's side end to end: WWE's connector calls -> the bridge
+(`gateway-agent` installed from the wheel into a fresh venv without Node.js,
+as on an agent's PC) -> the JsSIP page it serves, in Debian's headless chromium
+-> the real gateway (Kamailio, rtpengine, Redis) -> SIPp as the PBX (Genesys
+SIP Server style).
 
 Tests run in file order on one bridge and one page (one agent, one page); a
 test that needs the agent registered registers it itself when it is not.
@@ -30,11 +32,9 @@ MIN_BYTES = 8000      # 1 s of PCMU each way: RTP really flows, not a stray pack
 # ------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def workdir() -> Path:
-    # Never skip: without the browser or the bundle these tests would prove nothing.
+    # Never skip: without the browser these tests would prove nothing.
     if shutil.which("chromium") is None:
         pytest.fail("chromium is missing: run agent/install.sh (make deps)")
-    if not (ROOT / "agent" / "web" / "dist" / "phone.js").exists():
-        pytest.fail("the phone bundle agent/web/dist/phone.js is missing: run agent/install.sh")
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
     make_media(ARTIFACTS)  # the PBX's audio (pcap files SIPp plays)
@@ -42,8 +42,9 @@ def workdir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def bridge(gw, workdir):
-    b = Bridge.start(gw.ws_url, WWE, workdir / "cert", workdir / "bridge.log")
+def bridge(gw, workdir, agent_install):
+    b = Bridge.start(gw.ws_url, WWE, workdir / "cert", workdir / "bridge.log",
+                     command=agent_install.command, base_env=agent_install.env())
     yield b
     b.stop()
 

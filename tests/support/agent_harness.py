@@ -1,5 +1,6 @@
-"""What the agent-side tests drive: the bridge (`python -m agent`), Debian's
-headless chromium over the Chrome DevTools Protocol, and SIPp as the PBX.
+"""What the agent-side tests drive: the bridge (`gateway-agent`, as installed from
+the wheel: tests/support/agent_package.py), Debian's headless chromium over the
+Chrome DevTools Protocol, and SIPp as the PBX.
 
 Every process here is started in its own session and stopped by its own
 process group, so a test ends exactly what it started and nothing else.
@@ -24,7 +25,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from websockets.sync.client import connect as ws_connect
 
@@ -111,16 +112,20 @@ class Bridge:
 
     @classmethod
     def start(cls, gateway_ws: str, origins: str, cert_dir: Path, log_path: Path,
-              extra_env: Optional[dict[str, str]] = None) -> "Bridge":
+              extra_env: Optional[dict[str, str]] = None,
+              command: Sequence[str] = (sys.executable, "-m", "gateway_agent"),
+              base_env: Optional[Mapping[str, str]] = None) -> "Bridge":
+        """`command` is the connector to run (the installed wheel's gateway-agent;
+        this tree's by default), `base_env` the environment it starts from."""
         port = free_tcp_port()
-        env = dict(os.environ)
+        env = dict(os.environ if base_env is None else base_env)
         env.update({"AGENT_GATEWAY_WS": gateway_ws, "AGENT_ORIGINS": origins,
                     "AGENT_LISTEN": f"127.0.0.1:{port}", "AGENT_CERT_DIR": str(cert_dir),
                     "PYTHONUNBUFFERED": "1"})
         env.update(extra_env or {})
         b = cls(env, log_path, port=port)
         log = open(log_path, "ab")
-        b.popen = subprocess.Popen([sys.executable, "-m", "agent"], cwd=ROOT, env=env, stdout=log,
+        b.popen = subprocess.Popen([*command, "--no-open"], cwd=log_path.parent, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
         log.close()
