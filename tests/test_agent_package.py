@@ -245,6 +245,15 @@ def test_trust_cert_for_real_then_chromium_trusts_the_page(agent_install, tmp_pa
         work = tmp_path / "chromium"
         work.mkdir()
         assert "Agent phone" not in _chromium_dom(b.base + "/phone", home, work)   # not trusted yet
+        # Why "P,," and not "C,,": as a trusted CA only, chromium still refuses
+        # this certificate (it is deliberately no CA).
+        ca_home = tmp_path / "ca-only"
+        ca_db = f"sql:{ca_home / '.pki' / 'nssdb'}"
+        (ca_home / ".pki" / "nssdb").mkdir(parents=True)
+        subprocess.run(["certutil", "-d", ca_db, "-N", "--empty-password"], check=True)
+        subprocess.run(["certutil", "-d", ca_db, "-A", "-t", "C,,", "-n", APP_ID, "-i", str(pem)],
+                       check=True)
+        assert "Agent phone" not in _chromium_dom(b.base + "/phone", ca_home, work)
         for _ in range(2):          # again: the renewed-certificate path (-D, then -A)
             r = agent_install.run("trust-cert", env=env)
             assert r.returncode == 0, (r.stdout, r.stderr)

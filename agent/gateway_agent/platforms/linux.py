@@ -14,7 +14,7 @@ NAME = "linux"
 # this self-signed server certificate. "C" (trusted CA) alone is not enough:
 # Chromium then treats it only as an issuer, and as it is no CA (basicConstraints
 # CA:false, on purpose) the page still fails with a certificate error
-# (tests/test_agent_package.py loads the page in chromium to prove it).
+# (tests/test_agent_package.py loads the page in chromium with each).
 NSS_TRUST = "P,,"
 
 # Characters that make an Exec argument need quotes (XDG Desktop Entry spec).
