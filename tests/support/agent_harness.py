@@ -12,6 +12,7 @@ import http.client
 import json
 import math
 import os
+import random
 import re
 import shutil
 import signal
@@ -34,31 +35,36 @@ SIPP_DIR = ROOT / "tests" / "sipp"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
+def _free_below_ephemeral(kind: int, count: int, step: int, host: str) -> int:
+    """`count` consecutive ports (the first a multiple of `step`) that bind right
+    now without SO_REUSEADDR, below the kernel's ephemeral range: a port bind(0)
+    hands out may still carry TIME_WAIT connections (a loaded machine has
+    thousands), which a later plain bind (SIPp's twin socket) refuses, and an
+    outgoing connection may take it meanwhile; neither happens down here."""
+    for _ in range(500):
+        low = random.randrange(20000, 32000 - count, step)
+        socks = []
+        try:
+            for port in range(low, low + count):
+                s = socket.socket(socket.AF_INET, kind)
+                socks.append(s)
+                s.bind((host, port))
+            return low
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {count} free ports below the ephemeral range")
+
+
 def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return _free_below_ephemeral(socket.SOCK_STREAM, 1, 1, host)
 
 
 def free_udp_pair(host: str = "127.0.0.1") -> int:
     """An even UDP port P with P..P+3 free (SIPp binds P and P+2 for media)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((host, 0))
-            p = s.getsockname()[1] & ~1
-        socks = []
-        try:
-            for q in range(p, p + 4):
-                t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(t)
-                t.bind((host, q))
-            return p
-        except OSError:
-            continue
-        finally:
-            for t in socks:
-                t.close()
-    raise RuntimeError("no free UDP port range")
+    return _free_below_ephemeral(socket.SOCK_DGRAM, 4, 2, host)
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
