@@ -22,6 +22,15 @@ def valid_user(user: str) -> bool:
     return bool(_USER_RE.match(user))
 
 
+def user_problem(user: str) -> str:
+    """Why valid_user refuses a user, in words for a reply and a log line."""
+    if not user:
+        return "empty"
+    if len(user) > 64:
+        return "over 64 characters"
+    return "characters a DN cannot have" if not valid_user(user) else ""
+
+
 @dataclass
 class Binding:
     """One agent's registration, as stored in Redis (JSON)."""
@@ -37,6 +46,7 @@ class Binding:
     call_id: str = ""
     user_agent: str = ""
     instance: str = ""        # +sip.instance, when the phone sends one
+    src_ip: str = ""          # the phone's address (behind nginx: its X-Real-IP, not nginx's)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -50,6 +50,13 @@ CALL_SETUP = Histogram("gateway_call_setup_seconds", "INVITE to 200 OK",
 REGISTER_FAILURES = Counter("gateway_register_failures", "REGISTERs that did not end in a binding",
                             ["reason"])
 REDIS_ERRORS = Counter("gateway_redis_errors", "Redis operations that failed")
+AUTH_FAILURES = Counter("gateway_auth_failures",
+                        "The PBX refused a phone's credentials (401/407 to a request with credentials, 403)")
+AUTH_BLOCKED = Counter("gateway_auth_blocked",
+                       "Requests the gateway refused (403) after too many authentication failures",
+                       ["scope"])
+for _scope in ("dn", "ip"):      # both series from the start, at 0 (rate() needs them)
+    AUTH_BLOCKED.labels(_scope)
 RTPENGINE_ERRORS = Counter("gateway_rtpengine_control_errors",
                            "rtpengine offer/answer/delete commands that failed")
 

@@ -30,6 +30,16 @@ DEFAULTS: dict[str, str] = {
     "GW_TURN_SECRET": "",
     "GW_TURN_URIS": "",
     "GW_TURN_TTL": "3600",
+    # Authentication failures (the PBX's 401/407 to a request that carried
+    # credentials, or its 403) before the gateway answers 403 itself: per
+    # (source IP, DN), and per source IP across DNs; 0 turns a limit off.
+    "GW_AUTH_FAIL_LIMIT": "5",
+    "GW_AUTH_FAIL_IP_LIMIT": "30",
+    "GW_AUTH_FAIL_WINDOW": "600",
+    "GW_AUTH_BAN": "3600",
+    # Reverse proxies (nginx) in front of GW_WS_LISTEN whose X-Real-IP header
+    # names the phone's address; empty: the TCP source is the phone's address.
+    "GW_WS_PROXIES": "",
 }
 
 
@@ -62,6 +72,11 @@ class Settings:
     turn_secret: str = field(default="", repr=False)
     turn_uris: tuple[str, ...] = ()
     turn_ttl: int = 3600
+    auth_fail_limit: int = 5
+    auth_fail_ip_limit: int = 30
+    auth_fail_window: int = 600
+    auth_ban: int = 3600
+    ws_proxies: tuple[str, ...] = ()
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -166,6 +181,12 @@ def _count(name: str, value: str) -> int:
     return int(value)
 
 
+def _seconds(name: str, value: str, most: int) -> int:
+    if not value.isdigit() or not 0 < int(value) <= most:
+        raise SettingsError(f"{name}={value!r}: expected seconds, 1 to {most}")
+    return int(value)
+
+
 def _turn_uris(name: str, value: str) -> tuple[str, ...]:
     uris = _list(value)
     for uri in uris:
@@ -200,6 +221,11 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         turn_secret=raw["GW_TURN_SECRET"],
         turn_uris=_turn_uris("GW_TURN_URIS", raw["GW_TURN_URIS"]),
         turn_ttl=_count("GW_TURN_TTL", raw["GW_TURN_TTL"]),
+        auth_fail_limit=_count("GW_AUTH_FAIL_LIMIT", raw["GW_AUTH_FAIL_LIMIT"]),
+        auth_fail_ip_limit=_count("GW_AUTH_FAIL_IP_LIMIT", raw["GW_AUTH_FAIL_IP_LIMIT"]),
+        auth_fail_window=_seconds("GW_AUTH_FAIL_WINDOW", raw["GW_AUTH_FAIL_WINDOW"], 7 * 24 * 3600),
+        auth_ban=_seconds("GW_AUTH_BAN", raw["GW_AUTH_BAN"], 30 * 24 * 3600),
+        ws_proxies=tuple(_ip("GW_WS_PROXIES", a) for a in _list(raw["GW_WS_PROXIES"])),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:

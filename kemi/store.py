@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlparse
 import redis
 import redis.sentinel
 
+from kemi import authguard
 from kemi.bindings import Binding, key
 
 TIMEOUT_S = 0.25  # a REGISTER or INVITE must not hang on a sick Redis
@@ -62,6 +63,22 @@ class BindingStore:
         except redis.RedisError as exc:
             raise StoreError(f"redis get {key(user)}: {exc}") from exc
         return Binding.from_json(raw) if raw else None
+
+    def lookup(self, user: str, src_ip: str) -> tuple[Optional[Binding], authguard.Bans]:
+        """The user's binding and the bans on (src_ip, user) and src_ip, in one
+        round trip (MGET): all the success path pays for the failure limits."""
+        keys = [key(user), *authguard.ban_keys(src_ip, user)]
+        try:
+            raw = self._redis().mget(keys)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis mget {key(user)}: {exc}") from exc
+        return (Binding.from_json(raw[0]) if raw[0] else None), authguard.Bans.parse(raw[1], raw[2])
+
+    def auth_failure(self, limits: authguard.Limits, src_ip: str, user: str) -> authguard.Failure:
+        try:
+            return authguard.record_failure(self._redis(), limits, src_ip, user)
+        except redis.RedisError as exc:
+            raise StoreError(f"redis auth failure count {src_ip} {user}: {exc}") from exc
 
     def put(self, binding: Binding) -> None:
         try:
