@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import bindings, logfmt, media, metrics, settings as settings_mod, turn  # noqa: E402
+from kemi import authguard, bindings, logfmt, media, metrics, settings as settings_mod, turn  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
 from kemi.ng import NgClient, NgError  # noqa: E402
@@ -36,16 +36,22 @@ FL_TO_WS = 2          # the request goes to a WebRTC phone over its WebSocket
 FL_MEDIA = 3          # rtpengine holds a session for this call
 FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go back there)
 FL_PEER = 5           # relayed to the gateway node that holds the phone's connection
+FL_AUTH_TRACK = 6     # a phone's request: the PBX's refusal of its credentials is counted
 
 # Scanners announce themselves; answering them only invites more traffic.
 SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
               "iwar", "vaxsipuseragent", "pplsip", "sipbomber", "smap", "nessus")
 FLOOD_WINDOW = "gwflood"   # htable: REGISTERs per source in the last 10 s (kamailio.cfg)
 FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
+WS_CLIENTS = "gwwsip"      # htable: WebSocket conid -> the phone's address behind a proxy
 
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
 AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
+AVP_AUTH_SRC = "$avp(gw_auth_src)"     # the phone's address, DN and whether it sent Digest
+AVP_AUTH_DN = "$avp(gw_auth_dn)"       # credentials: the reply route counts a refusal
+AVP_AUTH_CRED = "$avp(gw_auth_cred)"
+HEALTH_VIEW = "X-Gateway-Health"       # "full" or "brief", set by nginx (deploy/nginx/gateway.conf)
 SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
 RETRY_AFTER_S = 5
 # The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
@@ -120,6 +126,8 @@ class Gateway:
         self.trusted = {_resolve(h) for h in cfg.trusted_sources}
         self.node = str(cfg.sip_listen)
         self.engines = [NgClient(r.host, r.port, timeout=0.5) for r in cfg.rtpengines]
+        self.limits = authguard.Limits.from_settings(cfg)
+        self.ws_proxies = set(cfg.ws_proxies)
         self.live = metrics.LiveCollector(self._registrations_count, self._rtpengine_stats)
 
     def child_init(self, rank: int) -> int:
@@ -169,7 +177,8 @@ class Gateway:
             if not self._from_ws() and self._targets_agent():
                 _reply(403, "Forbidden", "auth.agent_call_not_from_pbx", src=KSR.kx.get_srcip())
                 return 1
-            self.TO_PBX()
+            if self.AUTH_LIMIT():
+                self.TO_PBX()
             return 1
         if not self.LOCATION():
             return 1
@@ -279,24 +288,145 @@ class Gateway:
             return True
         return bool(KSR.kx.get_ruser()) and KSR.is_myself_ruri()
 
+    # ------------------------------------------------------------ AUTH_LIMIT
+    def AUTH_LIMIT(self) -> bool:
+        """Why: whatever a phone starts outside a dialog goes to the PBX, which
+        challenges it; a source that keeps failing is stopped here, before the PBX
+        sees more guesses. Returns False when a reply was sent."""
+        user = KSR.kx.get_fuser() or ""
+        if not bindings.valid_user(user):
+            self._bad_user("From", user)
+            return False
+        had_credentials = self._digest_credentials()
+        if had_credentials is None:
+            return False
+        src = self._client_ip()
+        try:
+            binding, bans = self.store.lookup(user, src)
+        except StoreError as exc:
+            # Calls go on while Redis is away; only the failure limits lapse.
+            metrics.REDIS_ERRORS.inc()
+            _log("warn", "auth.redis_down", method=KSR.kx.get_method(), user=user, src=src,
+                 outcome="unchecked", error=exc)
+            return True
+        contacts = bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))
+        return self._auth_allowed(user, src, binding, bans, had_credentials,
+                                  contacts[0] if contacts else None)
+
+    def _auth_allowed(self, user: str, src: str, binding: Binding | None, bans: authguard.Bans,
+                      had_credentials: bool, contact: bindings.ContactSpec | None) -> bool:
+        """403 for a banned source (the real phone, known by its binding, passes);
+        otherwise remember who asked, for the reply route to count a refusal."""
+        scope = authguard.verdict(KSR.kx.get_method(), src, binding, bans,
+                                  contact.uri if contact else "",
+                                  contact.params.get("+sip.instance", "") if contact else "")
+        if scope is not None:
+            metrics.AUTH_BLOCKED.labels(scope).inc()
+            _reply(403, "Too Many Failed Attempts", "auth.blocked", src=src, user=user, scope=scope)
+            return False
+        KSR.pv.sets(AVP_AUTH_SRC, src)
+        KSR.pv.sets(AVP_AUTH_DN, user)
+        KSR.pv.seti(AVP_AUTH_CRED, 1 if had_credentials else 0)
+        KSR.setflag(FL_AUTH_TRACK)
+        return True
+
+    def _digest_credentials(self) -> bool | None:
+        """Does the request carry Digest credentials? None when one is malformed:
+        then 400 was sent (a broken header is no password guess; the PBX need not see it)."""
+        found = False
+        for name in ("Authorization", "Proxy-Authorization"):
+            for i in range(int(KSR.pv.get(f"$hdrc({name})") or 0)):
+                value = _pv(f"$(hdr({name})[{i}])")
+                if not authguard.is_digest(value):
+                    continue          # another scheme: as good as none (the PBX challenges)
+                problem = authguard.digest_problem(value)
+                if problem:
+                    _reply(400, f"Malformed {name}", "auth.bad_credentials", header=name,
+                           problem=problem, src=self._client_ip())
+                    return None
+                found = True
+        return found
+
+    def _bad_user(self, which: str, user: str) -> None:
+        problem = bindings.user_problem(user)
+        _reply(400, f"Bad {which} user ({problem})", "auth.bad_user", header=which,
+               user=user[:80], length=len(user), problem=problem, src=self._client_ip())
+
+    def _remember_client(self) -> None:
+        """Behind nginx every WebSocket comes from nginx's address: keep the phone's
+        own (X-Real-IP, which nginx sets and never passes from the client) for the
+        connection, so the failure limits count phones, not the proxy."""
+        if KSR.kx.get_srcip() not in self.ws_proxies:
+            return
+        real = _pv("$hdr(X-Real-IP)")
+        try:
+            KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), authguard.norm_ip(real))
+        except ValueError:
+            _log("warn", "ws.no_client_address", src=KSR.kx.get_srcip(), x_real_ip=real[:60],
+                 call_id=None)
+
+    def _client_ip(self) -> str:
+        """The phone's address: behind nginx (GW_WS_PROXIES) the one nginx saw."""
+        src = KSR.kx.get_srcip()
+        if src in self.ws_proxies and self._from_ws():
+            real = KSR.htable.sht_get(WS_CLIENTS, str(KSR.kx.get_conid()))
+            if real:
+                return str(real)
+        return authguard.norm_ip(src)
+
+    def _auth_reply(self, status: int, method: str) -> None:
+        """A final reply to a phone's request: count the PBX's refusal of its credentials."""
+        user = _pv(AVP_AUTH_DN)
+        if not user:
+            return                    # already counted (a retransmitted final reply)
+        KSR.pv.unset(AVP_AUTH_DN)
+        header = {401: "WWW-Authenticate", 407: "Proxy-Authenticate"}.get(status)
+        challenge = _pv(f"$(hdr({header})[*])") if header else ""
+        had_credentials = int(KSR.pv.get(AVP_AUTH_CRED) or 0) > 0
+        if not authguard.is_failure(status, had_credentials, challenge):
+            return
+        src = _pv(AVP_AUTH_SRC)
+        metrics.AUTH_FAILURES.inc()
+        try:
+            failure = self.store.auth_failure(self.limits, src, user)
+        except StoreError as exc:
+            metrics.REDIS_ERRORS.inc()
+            _log("err", "auth.redis_write_failed", method=method, src=src, user=user, error=exc)
+            return
+        _log("info", "auth.failed", method=method, src=src, user=user, status=status,
+             failures=failure.dn_count, src_failures=failure.ip_count)
+        for ban in failure.new_bans:
+            _log("warn", "auth.banned", src=ban.src, user=ban.user or "*", failures=ban.failures,
+                 scope=ban.scope, ban_s=self.limits.ban)
+
     # ------------------------------------------------------------- REGISTRAR
     def REGISTRAR(self) -> None:
         """Why: the PBX is the registrar and authenticates; the gateway forwards
         REGISTER with a Path to itself and mirrors the granted binding into Redis."""
         user = KSR.kx.get_tuser() or ""
         if not bindings.valid_user(user):
-            _reply(400, "Bad To user", "registrar.bad_user", user=user)
+            self._bad_user("To", user)
+            return
+        had_credentials = self._digest_credentials()
+        if had_credentials is None:
             return
         contacts = bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))
         ours = contacts[0] if contacts else None
+        src = self._client_ip()
         try:
-            self.store.get(user)  # also proves Redis answers before the PBX is bothered
+            # One round trip: the binding and the bans (AUTH_LIMIT); it also
+            # proves Redis answers before the PBX is bothered.
+            binding, bans = self.store.lookup(user, src)
         except StoreError as exc:
             metrics.REDIS_ERRORS.inc()
             metrics.REGISTER_FAILURES.labels("redis_unavailable").inc()
             _reply(503, "Registration Store Unavailable", "registrar.redis_down",
                    retry_after=RETRY_AFTER_S, user=user, error=exc)
             return
+        if not self._auth_allowed(user, src, binding, bans, had_credentials, ours):
+            return
+        if KSR.kx.get_srcip() in self.ws_proxies and self._from_ws():
+            KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), src)  # kept while registered
         if ours is not None and ours.uri != "*":
             proto = KSR.kx.get_proto()
             draft = Binding(
@@ -309,6 +439,7 @@ class Gateway:
                 call_id=KSR.kx.get_callid(),
                 user_agent=KSR.kx.get_ua() or "",
                 instance=ours.params.get("+sip.instance", ""),
+                src_ip=src,
             )
             KSR.pv.sets(AVP_BINDING, draft.to_json())
             KSR.pv.seti(AVP_REQ_EXPIRES, bindings.requested_expiry(ours, _pv("$hdr(Expires)")))
@@ -376,7 +507,7 @@ class Gateway:
 
     def RELAY(self) -> None:
         """Why: relay statefully so replies, failures and timeouts come back to us."""
-        if KSR.is_method_in("IBSU") or KSR.is_REGISTER():
+        if KSR.is_method_in("IBSU") or KSR.is_REGISTER() or KSR.isflagset(FL_AUTH_TRACK):
             KSR.tm.t_on_reply("ksr_onreply_manage")
         if KSR.is_INVITE():
             KSR.tm.t_on_failure("ksr_failure_manage")
@@ -430,6 +561,8 @@ class Gateway:
         status = KSR.kx.get_status()
         method = _pv("$rm")
         metrics.count_reply(status)
+        if status >= 200 and KSR.isflagset(FL_AUTH_TRACK):
+            self._auth_reply(status, method)
         if method == "REGISTER":
             self._register_reply(status)
             return 1
@@ -477,6 +610,8 @@ class Gateway:
         else:
             expires = bindings.granted_expiry(
                 _pv("$(hdr(Contact)[*])"), _pv("$hdr(Expires)"), draft.contact, requested)
+        if expires > 0:
+            self._turn_header(draft.user, expires)
         try:
             if expires > 0:
                 self.store.put(bindings.finalize(draft, expires))
@@ -492,6 +627,22 @@ class Gateway:
             return
         _log("info", "registrar.saved", method="REGISTER", user=draft.user, expires=expires,
              outcome=status)
+
+    def _turn_header(self, user: str, expires: int) -> None:
+        """Why: TURN credentials only for an agent the PBX has just authenticated,
+        in the 200 OK it gets (X-TURN, an RTCIceServer), valid as long as its
+        registration plus a minute (at most GW_TURN_TTL)."""
+        if not (self.cfg.turn_secret and self.cfg.turn_uris):
+            return
+        try:
+            creds = turn.turn_credentials(self.cfg.turn_secret.encode(), user,
+                                          min(expires + 60, self.cfg.turn_ttl), time.time(),
+                                          uris=self.cfg.turn_uris)
+        except ValueError as exc:
+            _log("warn", "turn.not_issued", method="REGISTER", user=user, error=exc)
+            return
+        server = json.dumps(turn.ice_server(creds), separators=(",", ":"))
+        KSR.hdr.append(f"X-TURN: {server}\r\n")
 
     # -------------------------------------------------------- MANAGE_FAILURE
     def ksr_failure_manage(self, msg: object) -> int:
@@ -512,6 +663,8 @@ class Gateway:
                 return 1
             src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
             ok = KSR.websocket.handle_handshake() > 0
+            if ok:
+                self._remember_client()
             _log("info", "ws.open" if ok else "ws.handshake_failed", src=src, call_id=None)
             return 1
         self.HTTP()
@@ -520,12 +673,13 @@ class Gateway:
     def HTTP(self) -> None:
         """Why: operators scrape /metrics and probe /health on the same port."""
         method, path = KSR.kx.get_method(), _pv("$hu").split("?", 1)[0]
-        if path not in ("/metrics", "/health", "/turn"):
+        if path == "/turn":
+            self._http(404, "Not Found", {"error": "no TURN credentials here: an agent gets them in "
+                                          "the X-TURN header of the 200 OK to its REGISTER"})
+        elif path not in ("/metrics", "/health"):
             self._http(404, "Not Found", {"error": f"unknown path {path}"})
         elif method not in ("GET", "HEAD"):
             self._http(405, "Method Not Allowed", {"error": f"{method} not allowed on {path}"})
-        elif path == "/turn":
-            self._turn()
         elif path == "/metrics":
             KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                                   metrics.render(self.live).decode())
@@ -533,22 +687,11 @@ class Gateway:
             health = self._health()
             ok = all(v == "up" for v in health["dependencies"].values())
             health["status"] = "up" if ok else "down"
+            # nginx marks every request it passes (HEALTH_VIEW, always set by
+            # nginx, never the client's): outside MONITORING_CIDR only the status.
+            if _pv(f"$hdr({HEALTH_VIEW})").strip().lower() not in ("", "full"):
+                health = {"status": health["status"]}
             self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", health)
-
-    def _turn(self) -> None:
-        """Time-limited TURN credentials for one agent (coturn use-auth-secret)."""
-        if not self.cfg.turn_secret:
-            self._http(404, "Not Found", {"error": "TURN is not configured (GW_TURN_SECRET)"})
-            return
-        query = _pv("$hu").partition("?")[2]
-        agent = dict(p.partition("=")[::2] for p in query.split("&") if p).get("agent", "")
-        try:
-            creds = turn.turn_credentials(self.cfg.turn_secret.encode(), agent, self.cfg.turn_ttl,
-                                          time.time(), uris=self.cfg.turn_uris)
-        except ValueError as exc:
-            self._http(400, "Bad Request", {"error": str(exc)})
-            return
-        self._http(200, "OK", {**creds, "iceServers": [turn.ice_server(creds)]})
 
     @staticmethod
     def _http(code: int, reason: str, body: dict) -> None:
@@ -583,6 +726,8 @@ class Gateway:
 
     def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
         _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid(), call_id=None)
+        if evname == "websocket:closed" and self.ws_proxies:
+            KSR.htable.sht_rm(WS_CLIENTS, str(KSR.kx.get_conid()))
         return 1
 
     # --------------------------------------------------------------- helpers

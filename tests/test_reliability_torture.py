@@ -34,8 +34,11 @@ ALL = ("udp", "tcp", "ws")
 # name -> outcome on (udp, tcp, ws), or one outcome for all three.
 EXPECTED: dict[str, str | tuple[str, str, str]] = {
     # 3.1.1 valid: processed normally ...
-    "esc01": R, "escnull": R, "lwsdisp": R, "longreq": R, "semiuri": R, "transports": R,
+    "esc01": R, "escnull": R, "lwsdisp": R, "semiuri": R, "transports": R,
     "mpart01": R,
+    # ... except longreq: its From user (the caller's DN, issue 11) has 120
+    # characters, and a DN over 64 gets 400 "Bad From user (over 64 characters)".
+    "longreq": "400",
     # ... except where Kamailio 5.6's core parser refuses a valid message before
     # any routing (no reply can be built): CSeq folded over two lines (wsinv),
     # an extension header name with %, ` and UTF-8 (intmeth), a header name

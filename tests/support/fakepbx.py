@@ -1,11 +1,13 @@
 """A PBX emulator on UDP (loopback only) for the reliability tests: registrar
-(200 OK echoing Contact and Path, no digest), UAS answering calls with an SDP
-answer, and UAC placing calls toward agents through a gateway node. It keeps
-every request it saw so tests can count what reached the PBX."""
+(200 OK echoing Contact and Path; no digest, or Digest like Asterisk when given
+passwords), UAS answering calls with an SDP answer, and UAC placing calls toward
+agents through a gateway node. It keeps every request it saw so tests can count
+what reached the PBX."""
 from __future__ import annotations
 
 import ipaddress
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -13,6 +15,9 @@ from dataclasses import dataclass, field
 
 from support import sipmsg
 from support.sipmsg import Msg
+from support.wsphone import digest_response, parse_challenge
+
+REALM = "pbx.test"
 
 PBX_SDP = ("v=0\r\no=pbx 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
            "m=audio 40000 RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n"
@@ -68,12 +73,17 @@ class PbxCall:
 
 
 class FakePbx:
-    def __init__(self, host: str, port: int, *, invite_code: int = 200) -> None:
+    def __init__(self, host: str, port: int, *, invite_code: int = 200,
+                 passwords: dict[str, str] | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
         self.invite_code = invite_code
+        # Digest as Asterisk does it: REGISTER 401, other requests 407; a wrong
+        # password gets the challenge again; unknown users never succeed.
+        self.passwords = passwords
+        self._nonces: set[str] = set()
         # Torture mode: answer every request (but ACK) with this status, no SDP.
         self.reply_all: tuple[int, str] | None = None
         self.seen: list[Msg] = []
@@ -153,6 +163,16 @@ class FakePbx:
             self.acked.add(msg.call_id)
             return
         tag = msg.tag("To") or sipmsg.new_tag()
+        if (self.passwords is not None and method not in ("CANCEL", "BYE") and not msg.tag("To")
+                and not self._authorized(msg)):
+            code, name = (401, "WWW-Authenticate") if method == "REGISTER" else (407, "Proxy-Authenticate")
+            nonce = secrets.token_hex(8)
+            with self._lock:
+                self._nonces.add(nonce)
+            challenge = f'Digest realm="{REALM}", nonce="{nonce}", qop="auth", algorithm=MD5'
+            reason = "Unauthorized" if code == 401 else "Proxy Authentication Required"
+            self.send(sipmsg.response(msg, code, reason, to_tag=tag, extra=[(name, challenge)]), addr)
+            return
         if self.reply_all is not None:
             code, reason = self.reply_all
             self.send(sipmsg.response(msg, code, reason, to_tag=tag), addr)
@@ -181,6 +201,29 @@ class FakePbx:
             self.send(sipmsg.response(msg, 200, "OK", to_tag=tag), addr)
         else:
             self.send(sipmsg.response(msg, 200, "OK", to_tag=tag, extra=[contact]), addr)
+
+    def _authorized(self, msg: Msg) -> bool:
+        value = msg.get("Authorization") or msg.get("Proxy-Authorization")
+        if not value:
+            return False
+        try:
+            c = parse_challenge(value)
+        except ValueError:
+            return False
+        password = (self.passwords or {}).get(c.get("username", ""))
+        with self._lock:
+            known = c.get("nonce") in self._nonces
+        if password is None or not known:
+            return False
+        expected = digest_response(username=c["username"], realm=REALM, password=password,
+                                   method=msg.method, uri=c.get("uri", ""), nonce=c["nonce"],
+                                   qop=c.get("qop"), nc=c.get("nc", ""), cnonce=c.get("cnonce", ""))
+        return expected == c.get("response")
+
+    def guesses(self, method: str = "REGISTER") -> list[Msg]:
+        """Requests that reached the PBX carrying credentials (each one a password tried)."""
+        return [m for m in self.requests(method)
+                if m.get("Authorization") or m.get("Proxy-Authorization")]
 
     # ------------------------------------------------------------------ UAC
     def call(self, gateway: tuple[str, int], dn: str, *, ruri: str | None = None,
