@@ -4,6 +4,8 @@
     gwctl calls                live calls: Kamailio dialogs joined with rtpengine sessions
     gwctl ws                   WebSocket connections (Kamailio websocket module), with their agent
     gwctl doctor               check every dependency and the usual faults; exit 1 if one fails
+    gwctl bans                 sources banned after failed authentications (gw/bans.py)
+    gwctl unban IP [DN]        lift a ban
 
 Every subcommand takes --json. Settings are the gateway's own GW_* variables
 (kemi.settings), so run it with the gateway's environment (`docker compose exec
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse, urlunparse
 
+from gw import bans
 from kemi import bindings, media
 from kemi import settings as settings_mod
 from kemi.media import Op, Side
@@ -939,6 +942,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("registrations", parents=[common], help="agents registered (Redis gw:reg:*)")
     sub.add_parser("calls", parents=[common], help="live calls (Kamailio dialogs + rtpengine sessions)")
     sub.add_parser("ws", parents=[common], help="WebSocket connections (Kamailio ws.dump)")
+    bans.add_parsers(sub, common)
     doc = __doc__ or ""           # (python -OO drops docstrings)
     rule = doc[doc.find("doctor's reachability rule"):doc.find("Stdlib, redis")].strip() if doc else ""
     d = sub.add_parser("doctor", parents=[common], help="check dependencies and the usual faults",
@@ -976,6 +980,8 @@ def main(argv: Optional[list[str]] = None, env: Optional[dict[str, str]] = None)
             return _cmd_calls(cfg, kam, args.json)
         if args.command == "ws":
             return _cmd_ws(cfg, kam, args.json)
+        if args.command in ("bans", "unban"):
+            return _cmd_bans(cfg, args)
         phones = args.phones or env.get("GWCTL_PHONES") or "internet"
         if phones not in PHONES:
             print(f"gwctl: GWCTL_PHONES={phones!r}: expected one of {', '.join(PHONES)}", file=sys.stderr)
@@ -1041,6 +1047,18 @@ def _cmd_calls(cfg: Settings, kam: Kamailio, as_json: bool) -> int:
         for err in result["errors"]:
             print(f"warning: {err}", file=sys.stderr)
     return 1 if result["errors"] else 0
+
+
+def _cmd_bans(cfg: Settings, args: argparse.Namespace) -> int:
+    import redis
+
+    try:
+        client = redis_client(cfg.redis_url)
+        if args.command == "bans":
+            return bans.cmd_bans(client, args.json)
+        return bans.cmd_unban(client, args.ip, args.dn, args.json)
+    except redis.RedisError as exc:
+        raise GwctlError(f"Redis {redact_url(cfg.redis_url)}: {exc}") from None
 
 
 def _cmd_ws(cfg: Settings, kam: Kamailio, as_json: bool) -> int:
