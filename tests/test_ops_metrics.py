@@ -1,9 +1,9 @@
 """Operations, against the real daemons: /metrics counts what really happened
 (registrations through the PBX's digest challenge, a wrong password, an agent's
 call out and a call to an agent, played by the WebSocket test phone and SIPp),
-/health turns 503 and names the dependency that is down, /turn hands out
-coturn REST-API credentials only when configured, and every SIP transaction
-decision is one logfmt line carrying Call-ID, method and outcome.
+/health turns 503 and names the dependency that is down, and every SIP
+transaction decision is one logfmt line carrying Call-ID, method and outcome.
+(TURN credentials: tests/test_turn_register.py.)
 
 Counters are compared as deltas around what the test does. Whatever the SIPp PBX
 sends over UDP is counted from its own message trace (retransmissions included),
@@ -11,21 +11,15 @@ so the expected figures are exact even when a packet is sent twice."""
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import http.client
 import json
 import re
-import secrets
 import socket
-import time
 from collections import Counter
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ARTIFACTS, _start_stack, _stop_stack, wait_until
+from conftest import ARTIFACTS, wait_until
 from gw import stack
 from kemi import logfmt
 from support.sipp import SippRun
@@ -45,6 +39,8 @@ FAMILIES = {
     "gateway_rtpengine_packets": "counter", "gateway_rtpengine_errors": "counter",
     "gateway_rtpengine_control_errors": "counter", "gateway_redis_errors": "counter",
     "gateway_up": "gauge",
+    # issue 11
+    "gateway_auth_failures": "counter", "gateway_auth_blocked": "counter",
 }
 
 
@@ -282,48 +278,6 @@ def test_health_turns_503_and_names_what_is_down(fresh_gw):
     scrape = Scrape(s)
     assert scrape.value("gateway_up", dependency="redis") == 0
     assert "gateway_registrations_active" not in scrape.families
-
-
-# -------------------------------------------------------------------- /turn
-@pytest.fixture
-def turn_gw(tmp_path):
-    secret = secrets.token_urlsafe(24)          # generated here: no secret in the repository
-    s = _start_stack(tmp_path / "stack", {
-        "GW_TURN_SECRET": secret,
-        "GW_TURN_URIS": "turn:turn.example.com:3478?transport=udp turns:turn.example.com:5349?transport=tcp",
-        "GW_TURN_TTL": "600",
-    })
-    yield s, secret
-    _stop_stack(s)
-
-
-def test_turn_hands_out_time_limited_credentials(turn_gw):
-    s, secret = turn_gw
-    now = time.time()
-    status, body, headers = http_get(s, "/turn?agent=1001")
-    assert status == 200 and headers["content-type"] == "application/json", body
-    creds = json.loads(body)
-    expiry, _, agent = creds["username"].partition(":")
-    assert agent == "1001" and now + 600 - 5 <= int(expiry) <= now + 600 + 5
-    # coturn's use-auth-secret check, computed independently
-    expected = base64.b64encode(hmac.new(secret.encode(), creds["username"].encode(), hashlib.sha1)
-                                .digest()).decode()
-    assert creds["password"] == expected and creds["ttl"] == 600
-    uris = ["turn:turn.example.com:3478?transport=udp", "turns:turn.example.com:5349?transport=tcp"]
-    assert creds["uris"] == uris
-    assert creds["iceServers"] == [{"urls": uris, "username": creds["username"],
-                                    "credential": creds["password"]}]
-    assert secret not in body and secret not in s.kamailio_log()
-
-    for bad in ("/turn?agent=bad:agent", "/turn", "/turn?agent=", "/turn?agent=%3Cscript%3E"):
-        status, body, _ = http_get(s, bad)
-        assert status == 400 and "agent" in json.loads(body)["error"], (bad, body)
-    assert http_get(s, "/turn?agent=1001", method="POST")[0] == 405
-
-
-def test_turn_is_404_when_not_configured(gw):
-    status, body, _ = http_get(gw, "/turn?agent=1001")
-    assert status == 404 and "GW_TURN_SECRET" in json.loads(body)["error"]
 
 
 # ------------------------------------------------- retransmitted in-dialog requests

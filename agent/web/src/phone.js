@@ -26,6 +26,7 @@ const state = {
   calls: [],                     // [{uuid, call_id, direction, peer, state, cause, started, answered}]
   audio: { mic_muted: false, speaker_muted: false, speaker_volume: 100, microphone: '' },
   rtt_ms: null,
+  turn: null,                    // {urls, username} of the TURN server the gateway gave (no credential)
 };
 
 let ua = null;
@@ -34,6 +35,7 @@ let config = null;
 let bridge = null;
 let bridgeBackoff = 500;
 const sessions = new Map();      // uuid -> {session, info}
+let iceServer = null;            // the gateway's X-TURN: {urls, username, credential}
 const remoteAudio = $('remote-audio');
 const logLines = [];
 
@@ -98,9 +100,49 @@ function callFor(args) {
 function mediaOptions() {
   return {
     mediaConstraints: { audio: true, video: false },
-    pcConfig: { iceServers: [] },
+    // The TURN server of the latest 200 OK to REGISTER, for calls made or answered.
+    pcConfig: { iceServers: iceServer ? [iceServer] : [] },
     rtcOfferConstraints: { offerToReceiveAudio: true, offerToReceiveVideo: false },
   };
+}
+
+// ------------------------------------------------------------------ TURN
+// The gateway gives TURN credentials only to an agent the PBX has just
+// authenticated: header X-TURN (an RTCIceServer as JSON, valid for the
+// registration plus a minute) in the 200 OK to every REGISTER. JsSIP's
+// 'registered' event fires for the first registration only, not for the
+// refreshes that bring new credentials, so the socket's incoming messages are
+// read on their way to JsSIP (the `ondata` of JsSIP's socket interface).
+function readTurn(data) {
+  if (typeof data !== 'string' || !data.startsWith('SIP/2.0 2')) return;
+  const head = data.split('\r\n\r\n', 1)[0];
+  if (!/^CSeq:\s*\d+\s+REGISTER\s*$/im.test(head)) return;
+  const m = head.match(/^X-TURN:\s*(.+?)\s*$/im);
+  if (!m) return;
+  try {
+    const s = JSON.parse(m[1]);
+    const urls = Array.isArray(s.urls) ? s.urls : [s.urls];
+    if (!urls.length || !urls.every((u) => typeof u === 'string' && /^(turns?|stuns?):/.test(u))
+        || typeof s.username !== 'string' || typeof s.credential !== 'string') {
+      throw new Error('not an RTCIceServer');
+    }
+    const fresh = !iceServer || iceServer.username !== s.username;
+    iceServer = { urls, username: s.username, credential: s.credential };
+    state.turn = { urls, username: s.username };
+    if (fresh) log(`TURN ${urls[0]} until ${new Date(Number(s.username.split(':')[0]) * 1000).toLocaleTimeString('en-GB')}`);
+  } catch (err) {
+    log(`X-TURN ignored: ${err.message}`);
+  }
+}
+
+function watchTurn(socket) {
+  let handler = null;
+  Object.defineProperty(socket, 'ondata', {
+    configurable: true,
+    get() { return handler && ((data) => { readTurn(data); handler(data); }); },
+    set(fn) { handler = fn; },
+  });
+  return socket;
 }
 
 // ------------------------------------------------------------------ UA
@@ -117,7 +159,7 @@ function startUA(args) {
   state.gateway_ws = args.gateway_ws;
   state.registration = 'registering';
   state.registration_cause = null;
-  const socket = new JsSIP.WebSocketInterface(args.gateway_ws);
+  const socket = watchTurn(new JsSIP.WebSocketInterface(args.gateway_ws));
   ua = new JsSIP.UA({
     sockets: [socket],
     uri: `sip:${args.dn}@${args.domain}`,
@@ -175,6 +217,8 @@ function stopUA() {
   uaConfigKey = '';
   try { old.stop(); } catch (err) { console.warn(err); }
   state.registration = 'unregistered';
+  iceServer = null;
+  state.turn = null;
 }
 
 // ------------------------------------------------------------------ calls
