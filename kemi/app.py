@@ -725,9 +725,11 @@ class Gateway:
         return total or None
 
     def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
-        _log("info", "ws.event", name=evname, conid=KSR.kx.get_conid(), call_id=None)
-        if evname == "websocket:closed" and self.ws_proxies:
-            KSR.htable.sht_rm(WS_CLIENTS, str(KSR.kx.get_conid()))
+        # $ws_conid: the connection's id in websocket:closed ($conid is gone by then).
+        conid = KSR.pv.get("$ws_conid") if evname == "websocket:closed" else KSR.kx.get_conid()
+        _log("info", "ws.event", name=evname, conid=conid, call_id=None)
+        if evname == "websocket:closed" and self.ws_proxies and conid is not None:
+            KSR.htable.sht_rm(WS_CLIENTS, str(conid))
         return 1
 
     # --------------------------------------------------------------- helpers

@@ -587,6 +587,23 @@ def test_compose_structure_and_env():
         interpolate(text, {k: v for k, v in example.items() if k != "TURN_SECRET"})
 
 
+def test_compose_secure_defaults():
+    """Issue 11: no WebSocket from any web page in production (compose refuses to
+    start without GW_WS_ORIGINS), and the gateway learns the phones' addresses
+    from nginx (GW_WS_PROXIES = nginx's address toward it)."""
+    text = (DEPLOY / "compose.yaml").read_text()
+    example = env_example()
+    with pytest.raises(ValueError, match="GW_WS_ORIGINS"):
+        interpolate(text, {k: v for k, v in example.items() if k != "GW_WS_ORIGINS"})
+    with pytest.raises(ValueError, match="GW_WS_ORIGINS"):
+        interpolate(text, {**example, "GW_WS_ORIGINS": ""})
+    gw_env = yaml.safe_load(interpolate(text, example))["services"]["gateway"]["environment"]
+    cfg = settings_mod.load({k: "" if v is None else str(v) for k, v in gw_env.items()})
+    assert cfg.ws_origins == (example["GW_WS_ORIGINS"],)
+    upstream = yaml.safe_load(interpolate(text, example))["services"]["nginx"]["environment"]["GW_WS_UPSTREAM"]
+    assert cfg.ws_proxies == (upstream.rpartition(":")[0],), "nginx reaches the gateway from its upstream address"
+
+
 # --------------------------------------------------------------------------- Dockerfiles
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:

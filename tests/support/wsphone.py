@@ -725,9 +725,12 @@ class WsPhone:
     @classmethod
     async def connect(cls, url: str, *, user: str, domain: str, password: str | None = None,
                       origin: str | None = None, open_timeout: float = 5.0,
-                      source_ip: str | None = None, **kw) -> "WsPhone":
-        """source_ip: connect from that local address (127.0.0.x: another "host")."""
-        extra = {"local_addr": (source_ip, 0)} if source_ip else {}
+                      source_ip: str | None = None, ssl_context=None, **kw) -> "WsPhone":
+        """source_ip: connect from that local address (127.0.0.x: another "host");
+        ssl_context: for wss:// (e.g. trusting a test certificate)."""
+        extra: dict = {"local_addr": (source_ip, 0)} if source_ip else {}
+        if ssl_context is not None:
+            extra["ssl"] = ssl_context
         ws = await _ws_connect(url, subprotocols=["sip"], origin=origin, open_timeout=open_timeout,
                                ping_interval=None, **extra)
         return cls(ws, user=user, domain=domain, password=password, **kw)
