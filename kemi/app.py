@@ -24,10 +24,11 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import authguard, bindings, logfmt, media, metrics, settings as settings_mod, turn  # noqa: E402
+from kemi import authguard, bindings, health, logfmt, media, metrics, turn  # noqa: E402
+from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
-from kemi.ng import NgClient, NgError  # noqa: E402
+from kemi.ng import NgClient  # noqa: E402
 from kemi.store import BindingStore, StoreError  # noqa: E402
 
 # Transaction flags (kept by tm across request, reply and failure routes).
@@ -51,7 +52,6 @@ AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for set
 AVP_AUTH_SRC = "$avp(gw_auth_src)"     # the phone's address, DN and whether it sent Digest
 AVP_AUTH_DN = "$avp(gw_auth_dn)"       # credentials: the reply route counts a refusal
 AVP_AUTH_CRED = "$avp(gw_auth_cred)"
-HEALTH_VIEW = "X-Gateway-Health"       # "full" or "brief", set by nginx (deploy/nginx/gateway.conf)
 SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
 RETRY_AFTER_S = 5
 # The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
@@ -128,7 +128,8 @@ class Gateway:
         self.engines = [NgClient(r.host, r.port, timeout=0.5) for r in cfg.rtpengines]
         self.limits = authguard.Limits.from_settings(cfg)
         self.ws_proxies = set(cfg.ws_proxies)
-        self.live = metrics.LiveCollector(self._registrations_count, self._rtpengine_stats)
+        self.live = metrics.LiveCollector(lambda: health.registrations(self.store),
+                                          lambda: health.rtpengine_stats(self.engines))
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -294,10 +295,7 @@ class Gateway:
         challenges it; a source that keeps failing is stopped here, before the PBX
         sees more guesses. Returns False when a reply was sent."""
         user = KSR.kx.get_fuser() or ""
-        if not bindings.valid_user(user):
-            self._bad_user("From", user)
-            return False
-        had_credentials = self._digest_credentials()
+        had_credentials = self._checked_input("From", user)
         if had_credentials is None:
             return False
         src = self._client_ip()
@@ -309,17 +307,14 @@ class Gateway:
             _log("warn", "auth.redis_down", method=KSR.kx.get_method(), user=user, src=src,
                  outcome="unchecked", error=exc)
             return True
-        contacts = bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))
-        return self._auth_allowed(user, src, binding, bans, had_credentials,
-                                  contacts[0] if contacts else None)
+        contact = next(iter(bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))), None)
+        return self._auth_allowed(user, src, binding, bans, had_credentials, contact)
 
     def _auth_allowed(self, user: str, src: str, binding: Binding | None, bans: authguard.Bans,
                       had_credentials: bool, contact: bindings.ContactSpec | None) -> bool:
         """403 for a banned source (the real phone, known by its binding, passes);
         otherwise remember who asked, for the reply route to count a refusal."""
-        scope = authguard.verdict(KSR.kx.get_method(), src, binding, bans,
-                                  contact.uri if contact else "",
-                                  contact.params.get("+sip.instance", "") if contact else "")
+        scope = authguard.verdict(KSR.kx.get_method(), src, binding, bans, contact)
         if scope is not None:
             metrics.AUTH_BLOCKED.labels(scope).inc()
             _reply(403, "Too Many Failed Attempts", "auth.blocked", src=src, user=user, scope=scope)
@@ -330,40 +325,33 @@ class Gateway:
         KSR.setflag(FL_AUTH_TRACK)
         return True
 
-    def _digest_credentials(self) -> bool | None:
-        """Does the request carry Digest credentials? None when one is malformed:
-        then 400 was sent (a broken header is no password guess; the PBX need not see it)."""
-        found = False
-        for name in ("Authorization", "Proxy-Authorization"):
-            for i in range(int(KSR.pv.get(f"$hdrc({name})") or 0)):
-                value = _pv(f"$(hdr({name})[{i}])")
-                if not authguard.is_digest(value):
-                    continue          # another scheme: as good as none (the PBX challenges)
-                problem = authguard.digest_problem(value)
-                if problem:
-                    _reply(400, f"Malformed {name}", "auth.bad_credentials", header=name,
-                           problem=problem, src=self._client_ip())
-                    return None
-                found = True
+    def _checked_input(self, which: str, user: str) -> bool | None:
+        """400 for a bad DN (the To/From user) or malformed Digest credentials (no
+        password guess: the PBX need not see them); None then. Else: any credentials?"""
+        if not bindings.valid_user(user):
+            problem = bindings.user_problem(user)
+            _reply(400, f"Bad {which} user ({problem})", "auth.bad_user", header=which,
+                   user=user[:80], length=len(user), problem=problem, src=self._client_ip())
+            return None
+        headers = [(name, _pv(f"$(hdr({name})[{i}])")) for name in authguard.CREDENTIAL_HEADERS
+                   for i in range(int(KSR.pv.get(f"$hdrc({name})") or 0))]
+        found, bad = authguard.credentials(headers)
+        if bad is not None:
+            _reply(400, f"Malformed {bad[0]}", "auth.bad_credentials", header=bad[0],
+                   problem=bad[1], src=self._client_ip())
+            return None
         return found
 
-    def _bad_user(self, which: str, user: str) -> None:
-        problem = bindings.user_problem(user)
-        _reply(400, f"Bad {which} user ({problem})", "auth.bad_user", header=which,
-               user=user[:80], length=len(user), problem=problem, src=self._client_ip())
-
     def _remember_client(self) -> None:
-        """Behind nginx every WebSocket comes from nginx's address: keep the phone's
-        own (X-Real-IP, which nginx sets and never passes from the client) for the
-        connection, so the failure limits count phones, not the proxy."""
+        """Behind nginx every WebSocket comes from nginx: keep the phone's address
+        (X-Real-IP, set by nginx, never the client's) so the limits count phones."""
         if KSR.kx.get_srcip() not in self.ws_proxies:
             return
         real = _pv("$hdr(X-Real-IP)")
         try:
             KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), authguard.norm_ip(real))
         except ValueError:
-            _log("warn", "ws.no_client_address", src=KSR.kx.get_srcip(), x_real_ip=real[:60],
-                 call_id=None)
+            _log("warn", "ws.no_client_address", src=KSR.kx.get_srcip(), header=real[:60], call_id=None)
 
     def _client_ip(self) -> str:
         """The phone's address: behind nginx (GW_WS_PROXIES) the one nginx saw."""
@@ -404,18 +392,14 @@ class Gateway:
         """Why: the PBX is the registrar and authenticates; the gateway forwards
         REGISTER with a Path to itself and mirrors the granted binding into Redis."""
         user = KSR.kx.get_tuser() or ""
-        if not bindings.valid_user(user):
-            self._bad_user("To", user)
-            return
-        had_credentials = self._digest_credentials()
+        had_credentials = self._checked_input("To", user)
         if had_credentials is None:
             return
         contacts = bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))
         ours = contacts[0] if contacts else None
         src = self._client_ip()
         try:
-            # One round trip: the binding and the bans (AUTH_LIMIT); it also
-            # proves Redis answers before the PBX is bothered.
+            # One MGET: the binding, the bans (AUTH_LIMIT), and proof Redis answers.
             binding, bans = self.store.lookup(user, src)
         except StoreError as exc:
             metrics.REDIS_ERRORS.inc()
@@ -630,19 +614,13 @@ class Gateway:
 
     def _turn_header(self, user: str, expires: int) -> None:
         """Why: TURN credentials only for an agent the PBX has just authenticated,
-        in the 200 OK it gets (X-TURN, an RTCIceServer), valid as long as its
-        registration plus a minute (at most GW_TURN_TTL)."""
-        if not (self.cfg.turn_secret and self.cfg.turn_uris):
-            return
-        try:
-            creds = turn.turn_credentials(self.cfg.turn_secret.encode(), user,
-                                          min(expires + 60, self.cfg.turn_ttl), time.time(),
-                                          uris=self.cfg.turn_uris)
-        except ValueError as exc:
-            _log("warn", "turn.not_issued", method="REGISTER", user=user, error=exc)
-            return
-        server = json.dumps(turn.ice_server(creds), separators=(",", ":"))
-        KSR.hdr.append(f"X-TURN: {server}\r\n")
+        in the 200 OK it gets (turn.x_turn: valid for the registration plus a minute)."""
+        if self.cfg.turn_secret and self.cfg.turn_uris:
+            try:
+                KSR.hdr.append(turn.x_turn(self.cfg.turn_secret.encode(), user, expires,
+                                           self.cfg.turn_ttl, self.cfg.turn_uris, time.time()))
+            except ValueError as exc:
+                _log("warn", "turn.not_issued", method="REGISTER", user=user, error=exc)
 
     # -------------------------------------------------------- MANAGE_FAILURE
     def ksr_failure_manage(self, msg: object) -> int:
@@ -684,45 +662,14 @@ class Gateway:
             KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                                   metrics.render(self.live).decode())
         else:
-            health = self._health()
-            ok = all(v == "up" for v in health["dependencies"].values())
-            health["status"] = "up" if ok else "down"
-            # nginx marks every request it passes (HEALTH_VIEW, always set by
-            # nginx, never the client's): outside MONITORING_CIDR only the status.
-            if _pv(f"$hdr({HEALTH_VIEW})").strip().lower() not in ("", "full"):
-                health = {"status": health["status"]}
-            self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", health)
+            # Outside MONITORING_CIDR nginx asks for the short form (health.VIEW_HEADER).
+            view = _pv(f"$hdr({health.VIEW_HEADER})")
+            ok, body = health.report(self.store, self.engines, self.node, view)
+            self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", body)
 
     @staticmethod
     def _http(code: int, reason: str, body: dict) -> None:
         KSR.xhttp.xhttp_reply(code, reason, "application/json", json.dumps(body) + "\n")
-
-    def _health(self) -> dict:
-        deps = {"redis": "up" if self.store.ping() else "down"}
-        for engine in self.engines:
-            deps[f"rtpengine udp:{engine.addr[0]}:{engine.addr[1]}"] = "up" if engine.ping() else "down"
-        return {"dependencies": deps, "node": self.node}
-
-    def _registrations_count(self) -> int | None:
-        try:
-            return self.store.count()
-        except StoreError:
-            return None
-
-    def _rtpengine_stats(self) -> dict | None:
-        """Summed over the engines that answer; None when none does."""
-        total: dict = {}
-        for engine in self.engines:
-            try:
-                stats = engine.statistics().get("statistics", {})
-            except (NgError, OSError):
-                continue
-            for section in ("currentstatistics", "totalstatistics"):
-                dst = total.setdefault(section, {})
-                for k, v in stats.get(section, {}).items():
-                    if isinstance(v, int):
-                        dst[k] = dst.get(k, 0) + v
-        return total or None
 
     def ksr_websocket_event(self, msg: object, evname: str = "") -> int:
         # $ws_conid: the connection's id in websocket:closed ($conid is gone by then).

@@ -33,7 +33,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from kemi.bindings import Binding, uri_user_host
+from kemi.bindings import Binding, ContactSpec, uri_user_host
 
 PREFIX = "gw:auth:"
 FAIL = PREFIX + "fail:"
@@ -154,11 +154,13 @@ def same_phone(binding: Binding, contact_uri: str, instance: str) -> bool:
 
 
 def verdict(method: str, src_ip: str, binding: Optional[Binding], bans: Bans,
-            contact_uri: str = "", instance: str = "") -> Optional[str]:
-    """None when the request may go to the PBX, else the scope of the ban that stops it."""
+            contact: Optional[ContactSpec] = None) -> Optional[str]:
+    """None when the request may go to the PBX, else the scope of the ban that stops
+    it. contact: the request's (first) Contact, naming the phone."""
     from_here = binding is not None and _same_ip(binding_source(binding), src_ip)
     if bans.dn is not None:
-        if from_here and binding is not None and same_phone(binding, contact_uri, instance):
+        if (from_here and binding is not None and contact is not None
+                and same_phone(binding, contact.uri, contact.params.get("+sip.instance", ""))):
             return None
         return "dn"
     if bans.ip is not None and method == "REGISTER" and not from_here:
@@ -186,6 +188,23 @@ def is_digest(value: str) -> bool:
     """Credentials in the Digest scheme. Any other scheme counts as none: the PBX
     will challenge as if there were none (RFC 4475 torture test regaut01)."""
     return bool(_DIGEST.match(value))
+
+
+CREDENTIAL_HEADERS = ("Authorization", "Proxy-Authorization")
+
+
+def credentials(headers: list[tuple[str, str]]) -> tuple[bool, Optional[tuple[str, str]]]:
+    """(any Digest credentials?, (header, problem) of the first malformed one or None)
+    for a request's (name, value) credential headers."""
+    found = False
+    for name, value in headers:
+        if not is_digest(value):
+            continue          # another scheme: as good as none (the PBX challenges)
+        problem = digest_problem(value)
+        if problem:
+            return found, (name, problem)
+        found = True
+    return found, None
 
 
 def digest_problem(value: str) -> Optional[str]:
@@ -223,7 +242,8 @@ class Failure:
     new_bans: list[Ban]
 
 
-def record_failure(client: Any, limits: Limits, ip: str, dn: str, now: Optional[float] = None) -> Failure:
+def record_failure(client: Any, limits: Limits, ip: str, dn: str,
+                   now: Optional[float] = None) -> Failure:
     """Count one failure of (ip, dn); impose the bans it crosses. Only the node
     that creates a ban gets it back in new_bans (SET NX), so it is logged once."""
     now = time.time() if now is None else now

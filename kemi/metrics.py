@@ -51,7 +51,8 @@ REGISTER_FAILURES = Counter("gateway_register_failures", "REGISTERs that did not
                             ["reason"])
 REDIS_ERRORS = Counter("gateway_redis_errors", "Redis operations that failed")
 AUTH_FAILURES = Counter("gateway_auth_failures",
-                        "The PBX refused a phone's credentials (401/407 to a request with credentials, 403)")
+                        "The PBX refused a phone's credentials "
+                        "(401/407 to a request with credentials, 403)")
 AUTH_BLOCKED = Counter("gateway_auth_blocked",
                        "Requests the gateway refused (403) after too many authentication failures",
                        ["scope"])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import math
 import re
 from typing import Iterable, Optional
@@ -77,3 +78,11 @@ def ice_server(creds: dict) -> dict:
     """The credentials as one RTCPeerConnection ``iceServers`` entry (JsSIP pcConfig)."""
     return {"urls": list(creds["uris"]), "username": creds["username"],
             "credential": creds["password"]}
+
+
+def x_turn(secret: bytes, user: str, expires: int, max_ttl: int, uris: Iterable[str], now: float) -> str:
+    """The X-TURN header line for the 200 OK to an agent's REGISTER: one
+    RTCIceServer (compact JSON), valid for the granted registration expiry plus
+    a minute, at most max_ttl (GW_TURN_TTL). ValueError as turn_credentials."""
+    creds = turn_credentials(secret, user, min(expires + 60, max_ttl), now, uris=uris)
+    return "X-TURN: " + json.dumps(ice_server(creds), separators=(",", ":")) + "\r\n"

@@ -10,7 +10,7 @@ import pytest
 
 from kemi import authguard
 from kemi.authguard import Ban, Bans, Limits
-from kemi.bindings import Binding
+from kemi.bindings import Binding, ContactSpec
 
 
 class FakeRedis:
@@ -151,7 +151,10 @@ def test_verdicts():
     ip_ban = Bans(ip=Ban("ip", ATTACKER, "", 30, 0.0))
     real = binding(src=ATTACKER)
     elsewhere = binding(src="198.51.100.4")
-    v = authguard.verdict
+
+    def v(method, src, b, bans, uri="", instance=""):
+        params = {"+sip.instance": instance} if instance else {}
+        return authguard.verdict(method, src, b, bans, ContactSpec(uri, params) if uri else None)
     assert v("REGISTER", ATTACKER, None, Bans()) is None
     # DN ban: the attacker (no binding, or a contact it cannot know) is stopped ...
     assert v("REGISTER", ATTACKER, None, dn_ban, "sip:guess@h.invalid") == "dn"

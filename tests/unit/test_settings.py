@@ -51,3 +51,26 @@ def test_bad_values_name_the_variable(name, value, words):
 def test_pbx_pointing_at_gateway_is_a_loop():
     with pytest.raises(settings.SettingsError, match="loop"):
         settings.load({"GW_PBX": "127.0.0.1:5070"})
+
+
+def test_auth_limit_settings():
+    cfg = settings.load({})
+    assert (cfg.auth_fail_limit, cfg.auth_fail_ip_limit, cfg.auth_fail_window, cfg.auth_ban) == (5, 30, 600, 3600)
+    assert cfg.ws_proxies == ()
+    cfg = settings.load({"GW_AUTH_FAIL_LIMIT": "0", "GW_AUTH_FAIL_IP_LIMIT": "100",
+                         "GW_WS_PROXIES": "127.0.0.1, ::1"})
+    assert (cfg.auth_fail_limit, cfg.auth_fail_ip_limit, cfg.ws_proxies) == (0, 100, ("127.0.0.1", "::1"))
+
+
+@pytest.mark.parametrize("name,value,words", [
+    ("GW_AUTH_FAIL_LIMIT", "five", "whole number"),
+    ("GW_AUTH_FAIL_IP_LIMIT", "-1", "whole number"),
+    ("GW_AUTH_FAIL_WINDOW", "0", "seconds"),
+    ("GW_AUTH_FAIL_WINDOW", "10m", "seconds"),
+    ("GW_AUTH_BAN", "99999999", "seconds"),
+    ("GW_WS_PROXIES", "nginx.local", "IP address"),
+])
+def test_bad_auth_settings_name_the_variable(name, value, words):
+    with pytest.raises(settings.SettingsError) as exc:
+        settings.load({name: value})
+    assert name in str(exc.value) and words in str(exc.value)

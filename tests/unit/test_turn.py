@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from kemi.turn import MAX_TTL, ice_server, turn_credentials  # noqa: E402
+from kemi.turn import MAX_TTL, ice_server, turn_credentials, x_turn  # noqa: E402
 
 
 def test_username_is_expiry_colon_agent():
@@ -97,3 +98,12 @@ def test_rejects_bad_uri(uri):
 def test_max_ttl_and_allowed_agent_characters():
     c = turn_credentials(b"x", "A1._~@+-z", MAX_TTL, 0)
     assert c["username"] == f"{MAX_TTL}:A1._~@+-z"
+
+
+def test_x_turn_header_lifetime_is_the_registration_plus_a_minute():
+    line = x_turn(b"s3cret", "1001", 600, 3600, ["turn:turn.example.com:3478?transport=udp"], 1_000_000)
+    assert line.startswith("X-TURN: ") and line.endswith("\r\n") and "\n" not in line[:-1]
+    server = json.loads(line[len("X-TURN: "):])
+    assert server["username"] == "1000660:1001" and server["urls"] == ["turn:turn.example.com:3478?transport=udp"]
+    capped = json.loads(x_turn(b"s3cret", "1001", 7200, 3600, [], 1_000_000)[8:])
+    assert capped["username"] == "1003600:1001"
