@@ -312,13 +312,15 @@ class Gateway:
 
     def _auth_allowed(self, user: str, src: str, binding: Binding | None, bans: authguard.Bans,
                       had_credentials: bool, contact: bindings.ContactSpec | None) -> bool:
-        """403 for a banned source (the real phone, known by its binding, passes);
-        otherwise remember who asked, for the reply route to count a refusal."""
+        """403 for a banned source; else, unless it is the registered phone (which
+        also passes a ban), remember who asked: the reply route counts refusals."""
         scope = authguard.verdict(KSR.kx.get_method(), src, binding, bans, contact)
         if scope is not None:
             metrics.AUTH_BLOCKED.labels(scope).inc()
             _reply(403, "Too Many Failed Attempts", "auth.blocked", src=src, user=user, scope=scope)
             return False
+        if authguard.registered_phone(src, binding, contact):
+            return True
         KSR.pv.sets(AVP_AUTH_SRC, src)
         KSR.pv.sets(AVP_AUTH_DN, user)
         KSR.pv.seti(AVP_AUTH_CRED, 1 if had_credentials else 0)

@@ -153,16 +153,22 @@ def same_phone(binding: Binding, contact_uri: str, instance: str) -> bool:
     return bool(instance) and binding.instance == instance
 
 
+def registered_phone(src_ip: str, binding: Optional[Binding], contact: Optional[ContactSpec]) -> bool:
+    """Is the request from the phone of the DN's live binding: the binding's
+    address, and its Contact URI or +sip.instance (which an attacker cannot know)?
+    Such a request passes a DN ban, and its refusals are not counted: a 403 to a
+    call the PBX forbids is no password guess."""
+    return (binding is not None and contact is not None and _same_ip(binding_source(binding), src_ip)
+            and same_phone(binding, contact.uri, contact.params.get("+sip.instance", "")))
+
+
 def verdict(method: str, src_ip: str, binding: Optional[Binding], bans: Bans,
             contact: Optional[ContactSpec] = None) -> Optional[str]:
     """None when the request may go to the PBX, else the scope of the ban that stops
     it. contact: the request's (first) Contact, naming the phone."""
     from_here = binding is not None and _same_ip(binding_source(binding), src_ip)
     if bans.dn is not None:
-        if (from_here and binding is not None and contact is not None
-                and same_phone(binding, contact.uri, contact.params.get("+sip.instance", ""))):
-            return None
-        return "dn"
+        return None if registered_phone(src_ip, binding, contact) else "dn"
     if bans.ip is not None and method == "REGISTER" and not from_here:
         return "ip"
     return None

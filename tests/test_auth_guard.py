@@ -30,7 +30,8 @@ GWCTL = Path(sys.executable).parent / "gwctl"
 DOMAIN = "pbx.test"
 PASSWORD = "secret"
 AGENTS = {f"{n}": PASSWORD for n in
-          ("1101", "1102", "1103", "1201", "1302", "1303", "1304", "1400", "1449", "1501", "1502")}
+          ("1101", "1102", "1103", "1201", "1302", "1303", "1304", "1400", "1449", "1501", "1502",
+           "1911", "1912", "1913", "1914")}
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +217,31 @@ def test_guessing_over_invite_is_counted_and_stopped(guard):
     assert guesses(pbx, ids, "INVITE") == 5
     lines = ban_lines(s, attacker)
     assert [(f["user"], f["failures"]) for f in lines] == [("1501", "5")]
+
+
+def test_pbx_refusing_agents_calls_is_no_guessing(guard):
+    """The PBX answers 403 to calls it forbids (after a correct password): from the
+    agents' registered phones that is no password guess, so a busy contact centre
+    behind one address never bans itself."""
+    s, pbx = guard
+    office = "127.0.0.91"
+    pbx.invite_code = 403
+
+    async def go():
+        agents = [await registered(s, dn, office) for dn in ("1911", "1912", "1913")]
+        statuses = [await call_out(agents[i % 3]) for i in range(36)]
+        for a in agents:
+            await a.close()
+        return statuses
+
+    try:
+        statuses = asyncio.run(go())
+    finally:
+        pbx.invite_code = 200
+    assert statuses == [403] * 36
+    r = s.redis_client()
+    assert r.get(f"gw:auth:failip:{office}") is None and ban_lines(s, office) == []
+    assert asyncio.run(attempt(s, "1914", office, PASSWORD, set())) == 200
 
 
 def test_credential_stuffing_from_one_address(guard):

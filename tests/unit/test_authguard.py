@@ -178,6 +178,17 @@ def test_verdicts():
     assert v("REGISTER", ATTACKER, old, ip_ban) is None
 
 
+def test_registered_phone():
+    real = binding(src=ATTACKER)
+    rp = authguard.registered_phone
+    assert rp(ATTACKER, real, ContactSpec("sip:abcd1234@x9y8.invalid;transport=ws;ob", {}))
+    assert rp(ATTACKER, real, ContactSpec("sip:x@y.invalid", {"+sip.instance": "<urn:uuid:1111>"}))
+    assert not rp(ATTACKER, real, ContactSpec("sip:x@y.invalid", {}))
+    assert not rp("198.51.100.99", real, ContactSpec("sip:abcd1234@x9y8.invalid", {}))
+    assert not rp(ATTACKER, None, ContactSpec("sip:abcd1234@x9y8.invalid", {}))
+    assert not rp(ATTACKER, real, None)
+
+
 def test_ipv6_keys_split_on_the_last_colon():
     r = FakeRedis()
     fail(r, 5, ip="2001:db8::7", dn="1001")
