@@ -411,7 +411,7 @@ class Gateway:
             return
         if not self._auth_allowed(user, src, binding, bans, had_credentials, ours):
             return
-        if KSR.kx.get_srcip() in self.ws_proxies and self._from_ws():
+        if src not in self.ws_proxies and KSR.kx.get_srcip() in self.ws_proxies:
             KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), src)  # kept while registered
         if ours is not None and ours.uri != "*":
             proto = KSR.kx.get_proto()
