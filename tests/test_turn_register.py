@@ -161,15 +161,17 @@ def test_no_turn_header_without_turn_settings(gw):
 
 
 # --------------------------------------------------------------------- page
-def test_page_calls_use_the_turn_server_it_was_given(turn):
-    """The page registers through the bridge, picks X-TURN up, and its call's
+def test_page_calls_use_the_turn_server_it_was_given(turn, agent_install):
+    """The page (served by the connector installed from its wheel, as on an agent's
+    PC) registers through the bridge, picks X-TURN up, and its call's
     RTCPeerConnection allocates on that TURN server with those credentials."""
     s, pbx, coturn, secret, port = turn
     if shutil.which("chromium") is None:
         pytest.fail("chromium is missing: run agent/install.sh (make deps)")
     workdir = BASE / "agent"
     workdir.mkdir(exist_ok=True)
-    bridge = Bridge.start(s.ws_url, WWE, workdir / "cert", workdir / "bridge.log")
+    bridge = Bridge.start(s.ws_url, WWE, workdir / "cert", workdir / "bridge.log",
+                          command=agent_install.command, base_env=agent_install.env())
     browser = None
     try:
         browser = Browser(f"{bridge.base}/phone", bridge.spki, workdir)
