@@ -54,6 +54,8 @@ RUN python3 -c "import bencode, redis, prometheus_client, kemi.turn, kemi.settin
 
 # The product's interface: GW_* settings (see README). Defaults suit host
 # networking next to rtpengine/Redis on the same machine; compose overrides them.
+# GW_MAX_AGENTS sizes Kamailio (shared memory, connections, open files: README
+# "Capacity"); the container needs an open-files limit to match (compose ulimits).
 ENV GW_WS_LISTEN=127.0.0.1:8080 \
     GW_SIP_LISTEN=127.0.0.1:5070 \
     GW_PBX=127.0.0.1:5060 \
@@ -61,6 +63,7 @@ ENV GW_WS_LISTEN=127.0.0.1:8080 \
     GW_RTPENGINE=udp:127.0.0.1:2223 \
     GW_MEDIA_IP=127.0.0.1 \
     GW_MEDIA_PORTS=10000-20000 \
+    GW_MAX_AGENTS=10000 \
     GW_RUN_DIR=/run/gateway \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gw import stack
 from kemi import settings as settings_mod
+from kemi import sizing
 
 
 def main() -> int:
@@ -22,6 +23,16 @@ def main() -> int:
     except settings_mod.SettingsError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    try:
+        for warning in stack.raise_nofile(cfg):
+            print(f"gateway: warning: {warning}", file=sys.stderr)
+    except sizing.SizingError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    size = cfg.sizing
+    print(f"gateway: sized for GW_MAX_AGENTS={size.max_agents}: shm {size.shm_mb} MB, "
+          f"pkg {size.pkg_mb} MB/process, tcp_max_connections {size.tcp_max_connections}, "
+          f"open files {size.nofile}", flush=True)
     run_dir = Path(os.environ.get("GW_RUN_DIR", stack.ROOT / ".run")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     started: list[stack.Daemon] = []

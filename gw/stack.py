@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import resource
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Callable, Optional
 from urllib.parse import urlparse
 
+from kemi import sizing
 from kemi.ng import NgClient
 from kemi.settings import HostPort, Settings
 
@@ -197,12 +199,39 @@ def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4,
     # -x tlsf: TLSF memory manager (O(1)) for shm and pkg. Debian's default, q_malloc,
     # scans its free-list buckets on every allocation: 28-33 % of the KEMI workers'
     # CPU went to qm_malloc under call load (perf, bench/RESULTS.md).
+    # -m/-M: sized from GW_MAX_AGENTS (kemi/sizing.py).
+    size = cfg.sizing
     argv = ["kamailio", "-f", str(KAMAILIO_CFG), "-DD", "-E", "-Y", str(run_dir),
-            "-P", str(run_dir / "kamailio.pid"), "-m", "128", "-M", "16",
+            "-P", str(run_dir / "kamailio.pid"), "-m", str(size.shm_mb), "-M", str(size.pkg_mb),
             "-x", "tlsf"]
     for d in defines:
         argv += ["-A", d]
     return argv
+
+
+def raise_nofile(cfg: Settings) -> list[str]:
+    """Raise this process's open-files limit for the daemons it starts (they
+    inherit it): Kamailio needs one descriptor per connection (GW_MAX_AGENTS),
+    rtpengine one per media port. Raises sizing.SizingError when the hard limit
+    is below Kamailio's need; returns warnings for what only degrades."""
+    size = cfg.sizing
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    sizing.check_nofile(size.nofile, hard, "Kamailio")
+    want = max(size.nofile, size.rtpengine_nofile(cfg.media_ports))
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    warnings = []
+    if target < size.rtpengine_nofile(cfg.media_ports):
+        warnings.append(f"open-files hard limit {hard} is below the "
+                        f"{size.rtpengine_nofile(cfg.media_ports)} rtpengine needs for GW_MEDIA_PORTS")
+    short = size.media_shortfall(cfg.media_ports)
+    if short:
+        low, high = cfg.media_ports
+        warnings.append(f"GW_MEDIA_PORTS {low}-{high} carries {size.max_agents - short} simultaneous "
+                        f"calls ({sizing.RTPENGINE_PORTS_PER_CALL} ports each), fewer than "
+                        f"GW_MAX_AGENTS={size.max_agents}: widen it if more agents than that talk at once")
+    return warnings
 
 
 def is_local(host: str) -> bool:

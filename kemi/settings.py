@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 from urllib.parse import urlparse
 
+from kemi import sizing as sizing_mod
+
 DEFAULTS: dict[str, str] = {
     "GW_WS_LISTEN": "127.0.0.1:8080",
     "GW_SIP_LISTEN": "127.0.0.1:5070",
@@ -37,8 +39,15 @@ DEFAULTS: dict[str, str] = {
     "GW_AUTH_FAIL_IP_LIMIT": "30",
     "GW_AUTH_FAIL_WINDOW": "600",
     "GW_AUTH_BAN": "3600",
+    # Connected agents one node serves: sizes Kamailio's memory, connection and
+    # file limits (kemi/sizing.py); beyond it new WebSockets get 503.
+    "GW_MAX_AGENTS": "10000",
+    # Open WebSocket-port connections per source address (a contact centre's
+    # agents share one NAT address); 0 turns the limit off.
+    "GW_WS_MAX_PER_IP": "1000",
     # Reverse proxies (nginx) in front of GW_WS_LISTEN whose X-Real-IP header
     # names the phone's address; empty: the TCP source is the phone's address.
+    # They limit per client themselves, so their own address is not limited here.
     "GW_WS_PROXIES": "",
 }
 
@@ -76,6 +85,8 @@ class Settings:
     auth_fail_ip_limit: int = 30
     auth_fail_window: int = 600
     auth_ban: int = 3600
+    max_agents: int = 10000
+    ws_max_per_ip: int = 1000
     ws_proxies: tuple[str, ...] = ()
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
@@ -93,6 +104,10 @@ class Settings:
         """Addresses allowed to send calls toward agents."""
         return (self.pbx.host, *self.pbx_allow)
 
+    @property
+    def sizing(self) -> sizing_mod.Sizing:
+        return sizing_mod.plan(self.max_agents)
+
     def kamailio_defines(self) -> list[str]:
         """`-A` pre-processor defines for kamailio.cfg (listeners must be static)."""
         return [
@@ -101,6 +116,8 @@ class Settings:
             f"WS_IP={self.ws_listen.host}",
             f"WS_PORT={self.ws_listen.port}",
             f'RTPENGINE_SOCK="{self.rtpengine_sock}"',
+            f"TCP_MAX_CONNECTIONS={self.sizing.tcp_max_connections}",
+            f"OPEN_FILES={self.sizing.nofile}",
         ]
 
 
@@ -225,6 +242,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         auth_fail_ip_limit=_count("GW_AUTH_FAIL_IP_LIMIT", raw["GW_AUTH_FAIL_IP_LIMIT"]),
         auth_fail_window=_seconds("GW_AUTH_FAIL_WINDOW", raw["GW_AUTH_FAIL_WINDOW"], 7 * 24 * 3600),
         auth_ban=_seconds("GW_AUTH_BAN", raw["GW_AUTH_BAN"], 30 * 24 * 3600),
+        max_agents=_count("GW_MAX_AGENTS", raw["GW_MAX_AGENTS"]),
+        ws_max_per_ip=_count("GW_WS_MAX_PER_IP", raw["GW_WS_MAX_PER_IP"]),
         ws_proxies=tuple(_ip("GW_WS_PROXIES", a) for a in _list(raw["GW_WS_PROXIES"])),
         raw=raw,
     )
@@ -234,6 +253,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("GW_TURN_URIS: required when GW_TURN_SECRET is set (turn:host:3478)")
     if not 0 < settings.turn_ttl <= 7 * 24 * 3600:
         raise SettingsError("GW_TURN_TTL: must be 1 to 604800 seconds")
+    if not 1 <= settings.max_agents <= 1_000_000:
+        raise SettingsError("GW_MAX_AGENTS: must be 1 to 1000000 connected agents per node")
     if settings.pbx == settings.sip_listen:
         raise SettingsError("GW_PBX points at the gateway itself (GW_SIP_LISTEN): calls would loop")
     return settings
