@@ -2,8 +2,8 @@
 
 Kamailio imports this file in its main process and forks workers from it; each
 worker then calls the route methods below. Routes follow Kamailio's canonical
-blocks, in order. Only this file touches KSR: SDP/flag choice, bindings and
-settings are pure modules next to it.
+blocks, in order. Only this file and its connection guard (wsguard.py) touch KSR:
+SDP/flag choice, bindings, settings and limits are pure modules next to them.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import authguard, bindings, health, logfmt, media, metrics, turn  # noqa: E402
+from kemi import authguard, bindings, health, logfmt, media, metrics, turn, wsguard  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
@@ -118,7 +118,7 @@ def mod_init() -> "Gateway":
     return Gateway(settings_mod.load())
 
 
-class Gateway:
+class Gateway(wsguard.ConnectionGuard):
     def __init__(self, cfg: settings_mod.Settings) -> None:
         self.cfg = cfg
         self.store = BindingStore(cfg.redis_url)
@@ -130,6 +130,7 @@ class Gateway:
         self.ws_proxies = set(cfg.ws_proxies)
         self.live = metrics.LiveCollector(lambda: health.registrations(self.store),
                                           lambda: health.rtpengine_stats(self.engines))
+        self._init_guard(cfg)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -146,6 +147,7 @@ class Gateway:
 
     def _request_route(self) -> int:
         metrics.count_request(KSR.kx.get_method())
+        self._sip_seen()  # kemi/wsguard.py: the connection sent SIP
         if self.REQINIT():
             return 1
         if self._from_ws():
@@ -641,11 +643,8 @@ class Gateway:
                 KSR.xhttp.xhttp_reply(403, "Forbidden", "text/plain", "origin not allowed\n")
                 _log("warn", "ws.origin_refused", origin=origin, src=KSR.kx.get_srcip(), call_id=None)
                 return 1
-            src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
-            ok = KSR.websocket.handle_handshake() > 0
-            if ok:
+            if self._upgrade_ws():  # kemi/wsguard.py: node and per-address limits, handshake
                 self._remember_client()
-            _log("info", "ws.open" if ok else "ws.handshake_failed", src=src, call_id=None)
             return 1
         self.HTTP()
         return 1

@@ -60,6 +60,9 @@ for _scope in ("dn", "ip"):      # both series from the start, at 0 (rate() need
     AUTH_BLOCKED.labels(_scope)
 RTPENGINE_ERRORS = Counter("gateway_rtpengine_control_errors",
                            "rtpengine offer/answer/delete commands that failed")
+CONN_REFUSED = Counter("gateway_connections_refused",
+                       "WebSocket-port connections refused at the upgrade (per_ip, connections, shm) "
+                       "or closed for overstaying (handshake_timeout, sip_timeout)", ["reason"])
 
 METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
            "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH"}
@@ -100,9 +103,11 @@ class LiveCollector:
     """Scrape-time gauges from the dependencies themselves."""
 
     def __init__(self, registrations: Callable[[], Optional[int]],
-                 rtpengine_stats: Callable[[], Optional[dict]]) -> None:
+                 rtpengine_stats: Callable[[], Optional[dict]],
+                 connection_stats: Optional[Callable[[], dict]] = None) -> None:
         self._registrations = registrations
         self._rtpengine_stats = rtpengine_stats
+        self.connection_stats = connection_stats   # set by kemi/wsguard.py
 
     def collect(self) -> Iterable[object]:
         up = GaugeMetricFamily("gateway_up", "Dependency answers (1) or not (0)",
@@ -128,6 +133,23 @@ class LiveCollector:
                                       "Packet relay errors reported by rtpengine",
                                       value=int(tot.get("relayedpacketerrors", 0)))
         yield up
+        if self.connection_stats is not None:
+            yield from connection_gauges(self.connection_stats())
+
+
+def connection_gauges(stats: dict) -> Iterable[object]:
+    """Capacity from Kamailio itself: WebSockets open (and GW_MAX_AGENTS), shm used."""
+    if "connections" in stats:
+        yield GaugeMetricFamily("gateway_connections", "WebSocket connections open",
+                                value=stats["connections"])
+    if "max_agents" in stats:
+        yield GaugeMetricFamily("gateway_connections_limit",
+                                "WebSocket connections accepted at most (GW_MAX_AGENTS)",
+                                value=stats["max_agents"])
+    if "shm_used_ratio" in stats:
+        yield GaugeMetricFamily("gateway_shm_used_ratio",
+                                "Kamailio shared memory in use (core.shmmem real_used/total)",
+                                value=stats["shm_used_ratio"])
 
 
 def render(live: Optional[LiveCollector] = None) -> bytes:

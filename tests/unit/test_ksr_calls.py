@@ -7,6 +7,8 @@ from pathlib import Path
 from support.ksr_double import SNAPSHOT, load_snapshot, parse_return_types
 
 APP = Path(__file__).resolve().parents[2] / "kemi" / "app.py"
+# Every module of the app that calls KSR (app.py and its route mixins).
+KSR_MODULES = [APP, APP.with_name("wsguard.py")]
 
 
 def ksr_calls(path: Path) -> list[tuple[str, str, int, int]]:
@@ -26,11 +28,13 @@ def ksr_calls(path: Path) -> list[tuple[str, str, int, int]]:
 
 def check_calls(api: dict[tuple[str, str], int]) -> list[str]:
     problems = []
-    for module, name, argc, line in ksr_calls(APP):
-        if (module, name) not in api:
-            problems.append(f"line {line}: KSR.{module}.{name} does not exist")
-        elif api[(module, name)] != argc:
-            problems.append(f"line {line}: KSR.{module}.{name} takes {api[(module, name)]}, given {argc}")
+    for path in KSR_MODULES:
+        for module, name, argc, line in ksr_calls(path):
+            where = f"{path.name} line {line}"
+            if (module, name) not in api:
+                problems.append(f"{where}: KSR.{module}.{name} does not exist")
+            elif api[(module, name)] != argc:
+                problems.append(f"{where}: KSR.{module}.{name} takes {api[(module, name)]}, given {argc}")
     return problems
 
 
@@ -82,4 +86,5 @@ def return_type_misuse(path: Path, returns: dict[tuple[str, str], str]) -> list[
 
 
 def test_ksr_return_types_are_used_correctly():
-    assert return_type_misuse(APP, parse_return_types(SNAPSHOT.read_text())) == []
+    returns = parse_return_types(SNAPSHOT.read_text())
+    assert [p for path in KSR_MODULES for p in return_type_misuse(path, returns)] == []
