@@ -178,7 +178,8 @@ def compose_vars(text: str) -> set[str]:
 
 # --------------------------------------------------------------------------- nginx
 
-NGINX_PLACEHOLDERS = {"GW_TLS_CERT", "GW_TLS_KEY", "GW_WS_UPSTREAM", "GW_MONITORING_CIDR"}
+NGINX_PLACEHOLDERS = {"GW_TLS_CERT", "GW_TLS_KEY", "GW_WS_UPSTREAM", "GW_MONITORING_CIDR",
+                      "GW_WS_MAX_PER_IP"}
 
 
 def render_nginx_template(values: dict[str, str]) -> str:
@@ -187,6 +188,8 @@ def render_nginx_template(values: dict[str, str]) -> str:
     text = (DEPLOY / "nginx" / "gateway.conf").read_text()
     found = set(re.findall(r"\$\{(GW_[A-Z_]+)\}", text))
     assert found == NGINX_PLACEHOLDERS, f"gateway.conf placeholders {found} != documented {NGINX_PLACEHOLDERS}"
+    # compose's default (deploy/compose.yaml), unless the test sets its own
+    values = {"GW_WS_MAX_PER_IP": "1000", **values}
     for k, v in values.items():
         text = text.replace("${" + k + "}", v)
     code = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
@@ -296,7 +299,8 @@ def test_nginx_config_syntax(tmp_path):
     site = tmp_path / "gateway.conf"
     site.write_text(render_nginx_template({
         "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
-        "GW_WS_UPSTREAM": "127.0.0.1:8080", "GW_MONITORING_CIDR": "10.0.0.0/8"}))
+        "GW_WS_UPSTREAM": "127.0.0.1:8080", "GW_MONITORING_CIDR": "10.0.0.0/8",
+        "GW_WS_MAX_PER_IP": "1000"}))
     conf = nginx_main_conf(tmp_path, site)
     r = run([nginx, "-t", "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")])
     assert r.returncode == 0, f"nginx -t failed:\n{r.stderr}\n--- rendered gateway.conf:\n{site.read_text()}"
@@ -314,7 +318,8 @@ def test_nginx_wss_proxy_live(tmp_path, procs):
     text = render_nginx_template({
         "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
         "GW_WS_UPSTREAM": f"127.0.0.1:{upstream.port}",
-        "GW_MONITORING_CIDR": "192.0.2.0/24"})  # loopback is NOT a monitoring network here
+        "GW_MONITORING_CIDR": "192.0.2.0/24",  # loopback is NOT a monitoring network here
+        "GW_WS_MAX_PER_IP": "1000"})
     listens = re.findall(r"^\s*listen .*;$", text, re.M)
     assert listens == ["    listen 8443 ssl;", "    listen [::]:8443 ssl;"], listens
     text = text.replace("    listen 8443 ssl;", f"    listen 127.0.0.1:{port} ssl;")

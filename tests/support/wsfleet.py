@@ -28,8 +28,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from support import sipmsg
-from support.wsphone import webrtc_sdp
+if __name__ == "__main__":  # run as a script (LorisProcess): find the test support package
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from support import sipmsg  # noqa: E402
+from support.wsphone import webrtc_sdp  # noqa: E402
 
 DOMAIN = "pbx.test"
 
@@ -370,6 +374,70 @@ class Loris:
                 c.transport.abort()
 
 
+class LorisProcess:
+    """A Loris flood from its own process (an attacker is another machine: its
+    connects must not compete with the agents' for this event loop).
+
+        flood = await LorisProcess.start(5000, "127.0.50.1", ws)
+        opened, failed = await flood.opened()
+        still_open, closed_after = await flood.result()   # when all closed, or hold_s
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, n: int, src: str, ws: tuple[str, int], *, send: bytes = b"",
+                    hold_s: float = 40.0) -> "LorisProcess":
+        import json
+        import sys
+        args = json.dumps({"n": n, "src": src, "ws": list(ws), "send": send.decode("latin-1"),
+                           "hold_s": hold_s})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, os.path.abspath(__file__), "loris", args,
+            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
+        return cls(proc)
+
+    async def _line(self) -> dict:
+        import json
+        line = await self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"loris process ended (rc {await self.proc.wait()})")
+        return json.loads(line)
+
+    async def opened(self) -> tuple[int, int]:
+        d = await self._line()
+        return d["opened"], d["failed"]
+
+    async def result(self) -> tuple[int, list[float]]:
+        d = await self._line()
+        await self.proc.wait()
+        return d["still_open"], d["closed_after"]
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+def _loris_main(spec: dict) -> None:
+    import json
+
+    async def run() -> None:
+        raise_nofile()
+        flood = Loris()
+        await flood.open(spec["n"], spec["src"], tuple(spec["ws"]),
+                         send=spec["send"].encode("latin-1"), concurrency=1000)
+        print(json.dumps({"opened": len(flood.conns), "failed": flood.failed}), flush=True)
+        deadline = time.monotonic() + spec["hold_s"]
+        while flood.still_open() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        print(json.dumps({"still_open": flood.still_open(),
+                          "closed_after": [round(x, 3) for x in flood.closed_after()]}), flush=True)
+        flood.close()
+
+    asyncio.run(run())
+
+
 def http_status_counts(outcomes: Iterable[Outcome]) -> dict[int, int]:
     out: dict[int, int] = {}
     for o in outcomes:
@@ -381,6 +449,13 @@ def close_all(agents: Iterable[Optional[Agent]]) -> None:
     for a in agents:
         if a is not None:
             a.close()
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    if sys.argv[1:2] == ["loris"]:
+        _loris_main(json.loads(sys.argv[2]))
 
 
 __all__ = ["Agent", "Loris", "Outcome", "open_agent", "storm", "raise_nofile", "source_ip",
