@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse, urlunparse
 
-from gw import bans
+from gw import bans, capacity
 from kemi import bindings, media
 from kemi import settings as settings_mod
 from kemi.media import Op, Side
@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCTOR_PREFIX = "gwctl-doctor-"      # call-ids of doctor's sample sessions (hidden by `calls`)
 PHONES = ("local", "lan", "internet")
 CHECKS = ("settings", "redis", "rtpengine", "kamailio", "pbx", "media_address", "comfort_noise",
-          "media_ports")
+          "media_ports", "capacity")
 DLG_STATES = {"1": "unconfirmed", "2": "early", "3": "answered", "4": "confirmed", "5": "ended"}
 
 
@@ -916,6 +916,8 @@ def doctor(cfg: Settings, kam: Kamailio, phones: str = "internet",
         checks.append(kamailio_check(cfg, kam))
     if "pbx" in want:
         checks.append(pbx_check(cfg))
+    if "capacity" in want:
+        checks.append(capacity.check(cfg, kam))
     return checks
 
 

@@ -10,8 +10,11 @@ the PBX is the emulator in tests/support/fakepbx.py. The full-size figures
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -71,6 +74,14 @@ async def pbx_calls(pbx: FakePbx, gw, agents: list[wsfleet.Agent], n: int) -> li
     return out
 
 
+def doctor_capacity(gw) -> dict:
+    """`gwctl doctor --only capacity` with the gateway's environment."""
+    proc = subprocess.run([sys.executable, "-m", "gw.ctl", "doctor", "--json", "--only", "capacity"],
+                          capture_output=True, text=True, timeout=30,
+                          env={**gw.env, "GW_RUN_DIR": str(gw.run_dir)}, cwd=gwstack.ROOT)
+    return {c["name"]: c for c in json.loads(proc.stdout)["checks"]}["capacity"]
+
+
 async def _capacity_run(gw, pbx: FakePbx) -> dict:
     """500 phones against a node for 300, in two waves from two addresses; the
     PBX calls admitted agents during the second wave and after it. Every
@@ -95,7 +106,10 @@ async def _capacity_run(gw, pbx: FakePbx) -> dict:
         deadline = time.monotonic() + 5
         while any(o.agent.is_open for o in refused) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        return {"counts": wsfleet.http_status_counts(outcomes), "registered": len(registered),
+        doctor = await asyncio.to_thread(doctor_capacity, gw)
+        connected = metric(await asyncio.to_thread(metrics_text, gw), "gateway_connections")
+        return {"connected": connected,"counts": wsfleet.http_status_counts(outcomes), "registered": len(registered),
+                "doctor": doctor,
                 "calls": calls, "reregs": reregs,
                 "refused_open": sum(1 for o in refused if o.agent.is_open),
                 "refused_heads": [o.agent.http_head for o in refused]}
@@ -127,6 +141,7 @@ def test_max_agents_300_of_500_phones(small_gw):
     gw = small_gw
     res = _run(gw)
     assert res["registered"] == 300 and res["counts"] == {101: 300, 503: 200}, res["counts"]
+    assert res["connected"] == 300
     _assert_clean_refusals(res)
     assert res["calls"] == ["ok"] * 40, res["calls"]
     assert res["reregs"] == [200] * 300
@@ -138,6 +153,9 @@ def test_max_agents_300_of_500_phones(small_gw):
     assert not SHM_FAILURES.findall(log), SHM_FAILURES.findall(log)[:5]
     # One log line for the burst, not one per refusal.
     assert len(re.findall(r"event=ws\.refused reason=connections", log)) == 1
+    doc = res["doctor"]
+    assert doc["status"] == "fail" and "300 of 300" in doc["detail"], doc
+    assert "GW_MAX_AGENTS" in doc["fix"] and "node" in doc["fix"]
 
 
 # -m 64: shared memory runs short before 300 agents are in. New WebSockets are
@@ -154,5 +172,6 @@ def test_shm_short_refuses_new_connections_not_calls(small_gw):
     assert res["reregs"] == [200] * n
     text = metrics_text(gw)
     assert metric(text, "gateway_connections_refused_total", '{reason="shm"}') == 500 - n
+    assert res["doctor"]["status"] == "fail" and "reserve" in res["doctor"]["detail"], res["doctor"]
     log = gw.kamailio_log()
     assert not SHM_FAILURES.findall(log), SHM_FAILURES.findall(log)[:5]
