@@ -9,6 +9,9 @@ Kamailio cfg, on loopback, in one run. Prints a table and writes bench/RESULTS.m
 4. CPU microseconds per call / per REGISTER in Kamailio, rtpengine, Redis (/proc)
 5. KEMI/native ratios
 6. media: N concurrent relayed G.711 calls, largest N with 0 loss
+7. connections (bench/connections.py): 10,000 WebSocket agents registering 200
+   at a time, Kamailio memory per connected agent, idle CPU with keepalives,
+   calls to random agents while all are connected
 
 Settings (environment; BENCH_QUICK=1 for a ~2 minute run, BENCH_SMOKE=1 for the
 few-seconds harness check):
@@ -18,7 +21,9 @@ few-seconds harness check):
   BENCH_SHM_MB, BENCH_LOG_LEVEL, BENCH_VARIANTS, BENCH_TESTS, BENCH_PROFILE,
   BENCH_OUT, BENCH_RUN_DIR, BENCH_KEEP, BENCH_PAUSE_S, BENCH_PERF,
   BENCH_KAMAILIO_ARGS (extra Kamailio options, both variants, e.g. "-x tlsf"),
-  BENCH_KEMI_PATCHES (diffs applied to a copy of kemi/ for the KEMI variant)
+  BENCH_KEMI_PATCHES (diffs applied to a copy of kemi/ for the KEMI variant),
+  BENCH_CONN_AGENTS, BENCH_CONN_CONCURRENCY, BENCH_CONN_CALLS,
+  BENCH_CONN_CALL_CONCURRENCY, BENCH_CONN_IDLE_S, BENCH_CONN_SETTLE_S
 `python -m bench --render bench/_runs/<run>/results.pickle [out.md]` writes the
 report again from a finished run (e.g. after editing bench/NOTES.md).
 """
@@ -41,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import rtp, sipp, stacks  # noqa: E402
+from bench import connections, rtp, sipp, stacks  # noqa: E402
 from bench.stacks import PBX_IP, PHONE_IP, BenchStack  # noqa: E402
 from gw import stack as gwstack  # noqa: E402
 
@@ -118,8 +123,8 @@ class Config:
             shm_mb=_env("BENCH_SHM_MB", 0, 0, 0, int),
             log_level=_env("BENCH_LOG_LEVEL", "info", "info", "info", str),
             variants=_env("BENCH_VARIANTS", "kemi,native", "kemi,native", "kemi,native", str).split(","),
-            tests=_env("BENCH_TESTS", "out,in,reg,lat,media,profile", "out,in,reg,lat,media,profile",
-                       "out,in,reg,lat,media", str).split(","),
+            tests=_env("BENCH_TESTS", "out,in,reg,lat,media,profile,conn", "out,in,reg,lat,media,profile,conn",
+                       "out,in,reg,lat,media,conn", str).split(","),
             profile=_env("BENCH_PROFILE", "1" if pyspy else "0", "1" if pyspy else "0", "0", str) == "1",
             out=Path(_env("BENCH_OUT", str(ROOT / "bench" / "RESULTS.md"), str(ROOT / "bench" / "RESULTS.md"),
                           str(ROOT / "bench" / "RESULTS.md"), str)),
@@ -212,6 +217,7 @@ class Bench:
         media_ports = stacks.media_range()
         self.log(f"starting rtpengine (media ports {media_ports[0]}-{media_ports[1]})")
         self.rtpengine, ng = stacks.start_rtpengine(self.cfg.run_dir / "rtpengine", media_ports)
+        self.ng, self.media_ports = ng, media_ports
         for v in self.cfg.variants:
             self.log(f"starting {v} stack")
             s = stacks.start(v, self.cfg.run_dir / v, children=self.cfg.children, shm_mb=self.cfg.shm_mb,
@@ -460,6 +466,11 @@ class Bench:
             res["media"] = self.media()
         if "profile" in cfg.tests and cfg.profile and "kemi" in self.stacks:
             res["profile"] = self.profile()
+        if "conn" in cfg.tests:
+            self.log("=== connections: one node full of WebSocket agents (bench/connections.py)")
+            opts = connections.settings_from_env(cfg.mode)
+            res["conn"] = (opts, connections.run(cfg.run_dir / "conn", self.rtpengine, self.ng,
+                                                  self.media_ports, log=self.log, **opts))
         return res
 
     def media(self) -> list[rtp.MediaResult]:
@@ -894,6 +905,11 @@ def report(res: dict, cfg: Config, machine: dict, elapsed: float) -> tuple[str, 
           "`BENCH_KAMAILIO_ARGS='-x tlsf'` to try a Kamailio option on both variants, "
           "`BENCH_KEMI_PATCHES=file.diff` to measure a change to kemi/ before it lands.", ""]
     md += details_md(res, cfg)
+    if "conn" in res:
+        opts, conn = res["conn"]
+        md += [""] + connections.markdown(conn, opts["concurrency"])
+        text += "\n\nConnections (bench/connections.py)\n" + table_text(
+            ["metric", "measured", "target", "met"], connections.rows(conn))
     notes = ROOT / "bench" / "NOTES.md"
     if notes.exists() and cfg.mode != "smoke":
         md += ["", notes.read_text().strip(), ""]

@@ -38,3 +38,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert "- kemi: `{" in md and "- native: `{" in md
     # Media: packets went through rtpengine both ways, none lost.
     assert "| 5 | 1 |" in md and "0.0000%" in md
+    # Connections: the agents of the smoke run all registered and took their calls.
+    assert "## Connections: one node full of agents" in md
+    assert "| WebSocket agents registered (200 at" in md and "| 200 in " in md
+    assert "| calls to random connected agents, failed | 0 of 20 |" in md

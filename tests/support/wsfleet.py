@@ -138,6 +138,7 @@ class Agent(asyncio.Protocol):
         self.pending: dict[tuple[str, int], asyncio.Future] = {}
         self.registered = False
         self.stats = Stats()
+        self.pings = 0              # keepalive Pings answered
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -163,6 +164,7 @@ class Agent(asyncio.Protocol):
                 return
         for opcode, payload in parse_frames(self.buf):
             if opcode == 9:        # Ping -> Pong, same payload
+                self.pings += 1
                 self._write(ws_frame(payload, 10))
             elif opcode == 8:      # Close: answer it and let the server close TCP
                 self._write(ws_frame(payload[:2], 8))
