@@ -94,34 +94,51 @@ def test_half_open_flood_from_one_address(gw):
     assert len(re.findall(r"event=ws\.refused reason=handshake_timeout", log)) <= 2
 
 
+def _options(agent: wsfleet.Agent) -> str:
+    return (f"OPTIONS sip:{agent.domain} SIP/2.0\r\nVia: SIP/2.0/WSS {agent.host};branch=z9hG4bK{agent.call_id}\r\n"
+            f"Max-Forwards: 69\r\nTo: <sip:{agent.domain}>\r\nFrom: <sip:{agent.user}@{agent.domain}>;tag=1\r\n"
+            f"Call-ID: {agent.call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+
+
 async def _timeouts(ws) -> dict:
-    """A slowloris that dribbles a header byte each 0.5 s, and an agent that
-    upgrades and then says nothing."""
+    """A slowloris that dribbles a header byte each 0.5 s; agents that upgrade
+    and then say nothing, send only WebSocket Pings (not SIP), or send one
+    OPTIONS after 10 s (SIP: it stays)."""
     loris = wsfleet.Loris()
-    silent = None
+    agents: list[wsfleet.Agent] = []
     try:
         await loris.open(3, "127.0.52.1", ws, send=b"GET / HTTP/1.1\r\n")
-        silent = await wsfleet.open_agent("40001", "127.0.52.2", ws)
+        for i, user in enumerate(("40001", "40002", "40003")):
+            agents.append(await wsfleet.open_agent(user, f"127.0.52.{2 + i}", ws))
+        silent, pinger, talker = agents
         t0 = time.monotonic()
-        while (loris.still_open() or silent.is_open) and time.monotonic() - t0 < 40:
+        while time.monotonic() - t0 < 36:
             loris.dribble(b"X")
+            if int((time.monotonic() - t0) * 2) % 10 == 0:
+                pinger._write(wsfleet.ws_frame(b"hi", 9))
+            if talker.cseq == 0 and time.monotonic() - t0 > 10:
+                talker.cseq = 1
+                talker.send_sip(_options(talker))
             await asyncio.sleep(0.5)
-        return {"dribblers": loris.closed_after(), "silent_http": silent.status,
-                "silent_s": (silent.closed_at - t0) if silent.closed_at else None}
+        return {"dribblers": loris.closed_after(), "http": [a.status for a in agents],
+                "silent_s": (silent.closed_at - t0) if silent.closed_at else None,
+                "pinger_s": (pinger.closed_at - t0) if pinger.closed_at else None,
+                "talker_open": talker.is_open}
     finally:
         loris.close()
-        if silent is not None:
-            silent.close()
+        wsfleet.close_all(agents)
 
 
 def test_handshake_and_first_sip_deadlines(gw):
     ws = (gw.cfg.ws_listen.host, gw.cfg.ws_listen.port)
     res = asyncio.run(_timeouts(ws))
     print(f"dribbling slowloris closed after {res['dribblers']}s; upgraded-but-silent closed after "
-          f"{res['silent_s']}s")
+          f"{res['silent_s']}s, Pings-only after {res['pinger_s']}s; OPTIONS sender open: {res['talker_open']}")
     assert len(res["dribblers"]) == 3 and max(res["dribblers"]) <= 6.0
-    assert res["silent_http"] == 101
-    assert res["silent_s"] is not None and 25.0 <= res["silent_s"] <= 31.0
+    assert res["http"] == [101, 101, 101]
+    for key in ("silent_s", "pinger_s"):
+        assert res[key] is not None and 25.0 <= res[key] <= 31.0, res
+    assert res["talker_open"], "a connection that sent SIP was closed"
 
 
 async def _over_limit(ws, n: int) -> dict:
