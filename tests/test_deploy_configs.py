@@ -703,6 +703,8 @@ GATEWAY_METRICS = {
     "gateway_call_setup_seconds", "gateway_registrations_active", "gateway_register_failures_total",
     "gateway_rtpengine_sessions", "gateway_rtpengine_packets_total", "gateway_rtpengine_errors_total",
     "gateway_redis_errors_total", "gateway_up",
+    "gateway_connections", "gateway_connections_limit", "gateway_shm_used_ratio",
+    "gateway_connections_refused_total",
 }
 
 
