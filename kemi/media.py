@@ -30,12 +30,23 @@ class Op(enum.Enum):
     ANSWER = "answer"
 
 
-# Comfort noise (RTP payload type 13) must never reach a phone: browsers drop
-# audio on it. Taking CN out of the SDP is not enough: rtpengine relays RTP of
-# a payload type it has no codec for untouched, so a PBX that sends CN anyway
-# (Asterisk and Genesys media servers do in silences, even when their SDP never
-# offered it) got PT 13 through to the phone. So rtpengine must *know* PT 13 on
-# the PBX leg and decode it, never relay it:
+class CnBlock(enum.Enum):
+    """How comfort noise (RTP payload type 13) is kept from the phones.
+
+    Browsers drop audio on CN, and stripping CN from the SDP is not enough:
+    rtpengine relays RTP of a payload type it has no codec for untouched, and
+    Asterisk and Genesys media servers send CN in silences, sometimes without
+    their SDP ever offering it (rtpengine/FLAGS.md)."""
+    # An nftables filter in front of rtpengine's media ports drops PT 13
+    # (rtpengine/cn-filter.sh); rtpengine only strips CN from the SDP and every
+    # stream stays a plain relay (kernel-forwardable, ~1/2.4 the CPU).
+    FILTER = "filter"
+    # No filter: rtpengine must *know* PT 13 on the PBX leg and decode it
+    # (its transcoder engages for the whole call).
+    TRANSCODE = "transcode"
+
+
+# CnBlock.TRANSCODE, the fallback when no filter is in front of rtpengine:
 #  - offers to the PBX: the phone's codecs without its CN, stripped for good
 #    ("full", so no answer brings it back to the phone; the except list is
 #    what browsers offer besides CN), and rtpengine's own CN offered instead
@@ -52,6 +63,10 @@ _CN_OFFER_TO_PBX = ("codec-strip=full", "codec-except=opus", "codec-except=G722"
                     "codec-except=PCMU", "codec-except=PCMA", "codec-except=telephone-event",
                     "codec-transcode=CN")
 _CN_OFFER_TO_PHONE = ("codec-consume-CN",)
+# CnBlock.FILTER: CN is taken out of every offer, so neither side negotiates
+# it (the phone never sees it; the PBX never gets the phone's); what the PBX
+# sends anyway dies in the filter. Strip alone creates no transcoder.
+_CN_STRIP = ("codec-strip=CN",)
 
 _TO_PHONE = ("ICE=force", "SDES-off", "generate-mid", "rtcp-mux-require")
 _TO_PBX = ("ICE=remove", "DTLS=off", "SDES-off", "rtcp-mux-demux")
@@ -72,11 +87,14 @@ class Flags:
 
 
 @functools.lru_cache(maxsize=None)
-def flags(op: Op, receiver: Side, sender: Side | None = None) -> Flags:
+def flags(op: Op, receiver: Side, sender: Side | None = None,
+          cn: CnBlock = CnBlock.TRANSCODE) -> Flags:
     """The rtpengine module flag string for an offer/answer going to `receiver`.
 
     `sender` defaults to the other side; it differs only for plain SIP phones
-    (load tests, desk phones) calling the PBX, where both sides are plain RTP."""
+    (load tests, desk phones) calling the PBX, where both sides are plain RTP.
+    `cn` is how CN is kept from the phones; TRANSCODE (the default) is the one
+    that needs nothing in front of rtpengine."""
     sender = receiver.other if sender is None else sender
     tokens: list[str] = ["replace-origin", "replace-session-connection"]
     tokens += _FROM[sender]
@@ -84,21 +102,30 @@ def flags(op: Op, receiver: Side, sender: Side | None = None) -> Flags:
         tokens += _TO_PHONE
         if op is Op.OFFER:
             tokens.append("UDP/TLS/RTP/SAVPF")
-            tokens += _CN_OFFER_TO_PHONE
+            tokens += _CN_STRIP if cn is CnBlock.FILTER else _CN_OFFER_TO_PHONE
     else:
         tokens += _TO_PBX
         if op is Op.OFFER:
             tokens.append("RTP/AVP")
-            tokens += _CN_OFFER_TO_PBX
+            tokens += _CN_STRIP if cn is CnBlock.FILTER else _CN_OFFER_TO_PBX
     return Flags(tuple(tokens))
 
 
+def rtpengine_sdp(sdp: str, sender: Side, cn: CnBlock = CnBlock.TRANSCODE) -> str:
+    """The SDP rtpengine must read for an offer/answer that `sender` sent: the
+    PBX's with CN declared when rtpengine has to decode it (TRANSCODE); as it
+    is otherwise (with the filter nothing needs to know PT 13)."""
+    if sender is Side.PBX and cn is CnBlock.TRANSCODE:
+        return declare_cn(sdp)
+    return sdp
+
+
 def declare_cn(sdp: str) -> str:
-    """The PBX's SDP as rtpengine must see it: CN (13 CN/8000) declared on
-    every active RTP audio stream with an 8 kHz codec that does not declare it
-    already, so rtpengine decodes CN the PBX sends without having offered it
-    (see _CN_OFFER_TO_PBX). Only rtpengine sees this; its output replaces the
-    body."""
+    """The PBX's SDP as rtpengine must see it on the transcoder path: CN (13
+    CN/8000) declared on every active RTP audio stream with an 8 kHz codec that
+    does not declare it already, so rtpengine decodes CN the PBX sends without
+    having offered it (see _CN_OFFER_TO_PBX). Only rtpengine sees this; its
+    output replaces the body."""
     if "m=audio" not in sdp:
         return sdp
     eol = "\r\n" if "\r\n" in sdp else "\n"

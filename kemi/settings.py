@@ -49,7 +49,14 @@ DEFAULTS: dict[str, str] = {
     # names the phone's address; empty: the TCP source is the phone's address.
     # They limit per client themselves, so their own address is not limited here.
     "GW_WS_PROXIES": "",
+    # How comfort noise is kept from the phones (rtpengine/FLAGS.md): "auto" = an
+    # nftables filter in front of rtpengine when `make run` finds one working,
+    # else rtpengine's transcoder; "on" = the filter is required (make run
+    # refuses to start without it); "off" = always the transcoder.
+    "GW_CN_FILTER": "auto",
 }
+
+CN_FILTER_VALUES = ("auto", "on", "off")
 
 
 class SettingsError(ValueError):
@@ -88,6 +95,7 @@ class Settings:
     max_agents: int = 10000
     ws_max_per_ip: int = 1000
     ws_proxies: tuple[str, ...] = ()
+    cn_filter: str = "auto"
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -212,6 +220,12 @@ def _turn_uris(name: str, value: str) -> tuple[str, ...]:
     return uris
 
 
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value.lower() not in allowed:
+        raise SettingsError(f"{name}={value!r}: expected {', '.join(allowed[:-1])} or {allowed[-1]}")
+    return value.lower()
+
+
 def _list(value: str) -> tuple[str, ...]:
     return tuple(v for v in value.replace(",", " ").split() if v)
 
@@ -245,6 +259,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         max_agents=_count("GW_MAX_AGENTS", raw["GW_MAX_AGENTS"]),
         ws_max_per_ip=_count("GW_WS_MAX_PER_IP", raw["GW_WS_MAX_PER_IP"]),
         ws_proxies=tuple(_ip("GW_WS_PROXIES", a) for a in _list(raw["GW_WS_PROXIES"])),
+        cn_filter=_choice("GW_CN_FILTER", raw["GW_CN_FILTER"], CN_FILTER_VALUES),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:

@@ -3,7 +3,9 @@ side sends (`in`) and what the other side must receive (`out`), with
 placeholders for what rtpengine chooses ({PORT}, {ICE_UFRAG}, ...).
 
 The SDPs go through a real rtpengine with exactly the flags the gateway sends
-(kemi.media). The inputs use documentation addresses, and rtpengine starts ICE
+(kemi.media), on the CN path the file's `cn:` header names (`filter`: the
+nftables filter drops PT 13 in front of rtpengine; `transcode`, the default:
+rtpengine's transcoder decodes it). The inputs use documentation addresses, and rtpengine starts ICE
 checks toward the phone's candidates, so it runs in a network namespace with
 only loopback: nothing it sends can leave the machine.
 
@@ -104,6 +106,8 @@ def engine():
 def test_golden(engine, path):
     ns, ng = engine
     header, steps = parse(path)
+    cn = next((media.CnBlock(line.split(":", 1)[1].strip()) for line in header if line.startswith("cn:")),
+              media.CnBlock.TRANSCODE)
     call_id = f"golden-{uuid.uuid4().hex}"
     # From-tag is the caller's; the module swaps tags for reply-borne offers, so
     # ng always sees "from-tag" = whoever sends the offer.
@@ -115,7 +119,7 @@ def test_golden(engine, path):
             for step in steps:
                 op = Op(step["op"])
                 receiver, sender = Side(step["receiver"]), Side(step["sender"])
-                params = media.ng_params(media.flags(op, receiver, sender))
+                params = media.ng_params(media.flags(op, receiver, sender, cn))
                 offerer = step["sender"] if op is Op.OFFER else step["receiver"]
                 other = [t for s, t in tags.items() if s != offerer][0]
                 cmd = {"command": op.value, "call-id": call_id, "sdp": step["in"].replace("\n", "\r\n") + "\r\n",

@@ -80,3 +80,30 @@ def test_ng_params_mirror_module_parsing():
     q = ng_params(flags(Op.OFFER, Side.PBX))
     assert q["codec"] == {"strip": ["full"], "except": ["opus", "G722", "PCMU", "PCMA", "telephone-event"],
                           "transcode": ["CN"]}
+
+
+# ------------------------------------------------------------------ CN filter path
+def test_with_the_filter_cn_is_only_stripped_never_transcoded():
+    """CnBlock.FILTER (nftables drops PT 13 in front of rtpengine): every offer
+    strips CN so neither side negotiates it, and nothing engages the transcoder
+    (no transcode/consume/mask, no full strip with its except list)."""
+    from kemi.media import CnBlock
+    for receiver in Side:
+        for sender in Side:
+            offer = str(flags(Op.OFFER, receiver, sender, CnBlock.FILTER)).split()
+            assert [t for t in offer if t.startswith("codec-")] == ["codec-strip=CN"], offer
+            answer = str(flags(Op.ANSWER, receiver, sender, CnBlock.FILTER)).split()
+            assert not [t for t in answer if t.startswith(("codec-", "transcode"))], answer
+            # everything else is the same as on the transcoder path
+            plain = [t for t in toks(Op.OFFER, receiver, sender) if not t.startswith("codec-")]
+            assert [t for t in offer if not t.startswith("codec-")] == plain
+
+
+def test_cn_declared_for_rtpengine_only_on_the_transcoder_path():
+    from kemi.media import CnBlock, declare_cn, rtpengine_sdp
+    sdp = ("v=0\r\no=pbx 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n"
+           "m=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n")
+    assert rtpengine_sdp(sdp, Side.PBX) == declare_cn(sdp) != sdp          # default: transcoder
+    assert rtpengine_sdp(sdp, Side.PBX, CnBlock.TRANSCODE) == declare_cn(sdp)
+    assert rtpengine_sdp(sdp, Side.PBX, CnBlock.FILTER) == sdp
+    assert rtpengine_sdp(sdp, Side.PHONE, CnBlock.TRANSCODE) == sdp

@@ -11,6 +11,7 @@ def test_defaults():
     assert cfg.redis_url == "redis://127.0.0.1:6379/0"
     assert cfg.rtpengine_sock == "udp:127.0.0.1:2223"
     assert cfg.media_ip == "127.0.0.1" and cfg.media_ports == (10000, 20000)
+    assert cfg.cn_filter == "auto"
     assert cfg.kamailio_defines()[:4] == ["SIP_IP=127.0.0.1", "SIP_PORT=5070", "WS_IP=127.0.0.1",
                                          "WS_PORT=8080"]
 
@@ -28,6 +29,7 @@ def test_pbx_may_be_a_host_name():
     ("GW_WS_LISTEN", "8080", "HOST:PORT"),
     ("GW_SIP_LISTEN", "127.0.0.1:99999", "1-65535"),
     ("GW_SIP_LISTEN", "localhost:5070", "IP address"),
+    ("GW_CN_FILTER", "yes", "auto, on or off"),
     ("GW_PBX", "bad host!:5060", "host name"),
     ("GW_REDIS_URL", "http://x", "redis://"),
     ("GW_RTPENGINE", "tcp:127.0.0.1:2223", "udp:IP:PORT"),
@@ -74,3 +76,8 @@ def test_bad_auth_settings_name_the_variable(name, value, words):
     with pytest.raises(settings.SettingsError) as exc:
         settings.load({name: value})
     assert name in str(exc.value) and words in str(exc.value)
+
+
+def test_cn_filter_values():
+    for value, expected in (("on", "on"), ("OFF", "off"), ("auto", "auto"), ("", "auto")):
+        assert settings.load({"GW_CN_FILTER": value}).cn_filter == expected
