@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from gw import stack
+from gw import cnfilter, stack
 from kemi import settings as settings_mod
 from kemi import sizing
 
@@ -36,11 +36,18 @@ def main() -> int:
     run_dir = Path(os.environ.get("GW_RUN_DIR", stack.ROOT / ".run")).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     started: list[stack.Daemon] = []
+    cn: list[cnfilter.Decision] = []
 
     def stop_all(*_: object) -> None:
         for daemon in reversed(started):
             daemon.stop()
         started.clear()
+        # The CN filter goes with the rtpengine it was installed for (a crash
+        # leaves it behind: the next start replaces or prunes it).
+        for decision in cn:
+            for problem in cnfilter.release(decision):
+                print(f"gateway: warning: CN filter not removed: {problem}", file=sys.stderr)
+        cn.clear()
 
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -57,6 +64,7 @@ def main() -> int:
             started.append(d)
             stack.wait_for(lambda: stack.redis_ping(redis.host, redis.port), 10, "redis", d)
             print(f"gateway: started redis-server on {redis} (pid {d.pid})", flush=True)
+        own_ranges: list[tuple[int, int]] = []
         for ng in cfg.rtpengines:
             if stack.ng_ping(ng):
                 continue
@@ -67,6 +75,17 @@ def main() -> int:
             started.append(d)
             stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", d)
             print(f"gateway: started rtpengine ng={ng} media={cfg.media_ip} (pid {d.pid})", flush=True)
+            if cfg.media_ports not in own_ranges:
+                own_ranges.append(cfg.media_ports)
+        # How CN is kept from the phones, decided once with a real packet
+        # (gw/cnfilter.py), said once, and handed to Kamailio's KEMI app.
+        try:
+            decision = cnfilter.decide(cfg, own_ranges, owner=f"make run pid {os.getpid()}")
+        except cnfilter.FilterError as exc:
+            raise stack.StartError(f"comfort noise: {exc}") from None
+        cn.append(decision)
+        print(f"gateway: {decision.message}", flush=True)
+        os.environ["GW_CN_FILTER"] = "on" if decision.cn is cnfilter.CnBlock.FILTER else "off"
         # Each worker's metric files live here; Kamailio's main process empties it at start.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
         kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, run_dir)).start()

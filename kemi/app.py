@@ -82,19 +82,16 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
-def _rtpengine(op: Op, flags: str, sender: Side) -> int:
+def _rtpengine(op: Op, flags: str, sender: Side, cn: media.CnBlock) -> int:
     """Offer or answer, tried twice: after an rtpengine restart each worker's
     socket still holds the ICMP error of the outage and fails its next command
     at once. A second failure is real (and fast: the node is then disabled).
 
     rtpengine reads the SDP from SDP_VAR (kamailio.cfg, read_sdp_pv), set here
     before every command: the message's SDP, with CN declared when the PBX
-    sent it (media.declare_cn: rtpengine must know PT 13 to keep it from the
-    phone). rtpengine's answer replaces the message body as usual."""
-    sdp = _pv("$sdp(body)")
-    if sender is Side.PBX:
-        sdp = media.declare_cn(sdp)
-    KSR.pv.sets(SDP_VAR, sdp)
+    sent it and rtpengine must decode CN (media.rtpengine_sdp: the transcoder
+    path). rtpengine's answer replaces the message body as usual."""
+    KSR.pv.sets(SDP_VAR, media.rtpengine_sdp(_pv("$sdp(body)"), sender, cn))
     call = KSR.rtpengine.rtpengine_offer if op is Op.OFFER else KSR.rtpengine.rtpengine_answer
     rc = call(flags)
     if rc < 0:
@@ -115,7 +112,14 @@ def _resolve(host: str) -> str:
 
 
 def mod_init() -> "Gateway":
-    return Gateway(settings_mod.load())
+    gateway = Gateway(settings_mod.load())
+    # Once, in Kamailio's main process: how CN is kept from the phones.
+    # GW_CN_FILTER=on only when make run (gw/run.py) saw PT 13 dropped in front
+    # of every rtpengine, or the operator says a filter is there.
+    _log("info", "media.comfort_noise", cn=gateway.cn.value, call_id=None,
+         path="plain relay, nftables drops PT 13" if gateway.cn is media.CnBlock.FILTER
+         else f"rtpengine transcoder decodes CN (GW_CN_FILTER={gateway.cfg.cn_filter})")
+    return gateway
 
 
 class Gateway(wsguard.ConnectionGuard):
@@ -131,6 +135,7 @@ class Gateway(wsguard.ConnectionGuard):
         self.live = metrics.LiveCollector(lambda: health.registrations(self.store),
                                           lambda: health.rtpengine_stats(self.engines))
         self._init_guard(cfg)
+        self.cn = media.CnBlock.FILTER if cfg.cn_filter == "on" else media.CnBlock.TRANSCODE
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -530,7 +535,7 @@ class Gateway(wsguard.ConnectionGuard):
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
-        rc = _rtpengine(op, str(media.flags(op, receiver, sender)), sender)
+        rc = _rtpengine(op, str(media.flags(op, receiver, sender, self.cn)), sender, self.cn)
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
@@ -562,7 +567,7 @@ class Gateway(wsguard.ConnectionGuard):
             receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
             sender = Side.PHONE if self._from_ws() else Side.PBX
             op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
-            rc = _rtpengine(op, str(media.flags(op, receiver, sender)), sender)
+            rc = _rtpengine(op, str(media.flags(op, receiver, sender, self.cn)), sender, self.cn)
             if rc < 0:
                 metrics.RTPENGINE_ERRORS.inc()
                 _log("err", "media.reply_failed", method=method, status=status, op=op.value)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from gw import stack  # noqa: E402
+from gw import cnfilter, stack  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.ng import NgClient  # noqa: E402
 from kemi.settings import HostPort  # noqa: E402
@@ -45,6 +45,7 @@ class Stack:
     kamailio: stack.Daemon
     pbx: HostPort           # where the PBX emulator (SIPp) must listen
     media_ports: tuple[int, int]
+    cn: cnfilter.Decision | None = None   # how CN is kept from phones (as make run decides it)
 
     @property
     def ws_url(self) -> str:
@@ -102,12 +103,17 @@ def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
     redis = stack.Daemon("redis-server", stack.redis_argv(redis_addr, base / "redis"),
                          base / "redis.log").start()
     started = [redis]
+    cn: cnfilter.Decision | None = None
     try:
         stack.wait_for(lambda: stack.redis_ping(redis_addr.host, redis_addr.port), 10, "redis", redis)
         rtp = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, cfg.rtpengines[0], log_level=6),
                            base / "rtpengine.log").start()
         started.append(rtp)
         stack.wait_for(lambda: stack.ng_ping(cfg.rtpengines[0]), 10, "rtpengine", rtp)
+        # As make run does: the CN filter for our own media range (a table of its
+        # own, named after the range), checked with a real packet.
+        cn = cnfilter.decide(cfg, [cfg.media_ports], owner=f"pytest pid {os.getpid()}")
+        env["GW_CN_FILTER"] = "on" if cn.cn is cnfilter.CnBlock.FILTER else "off"
         kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, base, children=2),
                            base / "kamailio.log", env=env).start()
         started.append(kam)
@@ -116,15 +122,19 @@ def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
     except Exception:
         for d in reversed(started):
             d.stop()
+        if cn is not None:
+            cnfilter.release(cn)
         for d in started:
             print(f"----- {d.name} log -----\n{d.log_text()[-5000:]}")
         raise
-    return Stack(env, cfg, base, redis, rtp, kam, HostPort(host, pbx_port), (low, low + 99))
+    return Stack(env, cfg, base, redis, rtp, kam, HostPort(host, pbx_port), (low, low + 99), cn)
 
 
 def _stop_stack(s: Stack) -> None:
     for d in reversed(s.daemons()):
         d.stop()
+    if s.cn is not None:
+        cnfilter.release(s.cn)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ import time
 import pytest
 
 from conftest import ARTIFACTS
+from kemi.media import CnBlock
 from support.media_calls import (PBX_TONE, PHONE_TONE, Scenario, hold_resume, run_all,
                                  send_digits)
 from support.rtp_pbx import MediaPlan, RtpPbx
@@ -186,6 +187,7 @@ def media(gw):
                     figs["phone_received_per_pt"] = sc.call.media.rx.pts()
                     figs["pt13_at_phone"] = sc.call.media.rx.by_pt.get(PT_CN, 0)
                 figs["call_id"] = sc.call.call_id if sc.call else None
+                figs["rtpengine_transcoding"] = transcoding(sc.notes.get("rtpengine_query"))
                 figs["rtpengine_had_call"] = sc.in_rtpengine
                 figs["rtpengine_still_has_call_after_bye"] = sc.left_in_rtpengine
                 results[group][sc.name] = (sc, figs)
@@ -313,6 +315,33 @@ def test_dtmf_from_phone_reaches_pbx_as_telephone_events(media, name):
 
 
 # ------------------------------------------------------------------ 6. rtpengine
+def transcoding(query: dict | None) -> list[str] | None:
+    """The call's media that rtpengine transcodes (its `query` flags a media
+    "transcoding" when any codec handler on it decodes/encodes); None: no query."""
+    if query is None:
+        return None
+    return [f"tag {tag}: media {m.get('index')} {m.get('protocol')} {m.get('codec', '')}"
+            for tag, t in (query.get("tags") or {}).items()
+            for m in t.get("medias") or [] if "transcoding" in (m.get("flags") or [])]
+
+
+def test_every_call_is_a_plain_relay(media, gw):
+    """No call engages rtpengine's transcoder: the gateway keeps CN from the phone
+    with the nftables filter in front of rtpengine (the fixture installs it as
+    make run does), so rtpengine's `query` of every call, taken after the PBX's
+    CN went through it, shows no transcoding media; the CN calls above prove PT 13
+    still never reached the phone."""
+    assert gw.cn is not None and gw.cn.cn is CnBlock.FILTER, \
+        f"the CN filter is not in effect here: {gw.cn.message if gw.cn else None}"
+    seen = {}
+    for group, items in media.items():
+        for name, (sc, figs) in items.items():
+            sc.check()
+            seen[f"{group}/{name}"] = figs["rtpengine_transcoding"]
+    assert None not in seen.values(), seen
+    assert {k: v for k, v in seen.items() if v} == {}, seen
+
+
 def test_rtpengine_holds_no_session_after_any_call(media, gw):
     left = {}
     for group, items in media.items():

@@ -7,7 +7,8 @@ the call is up (hold/resume, DTMF), and who hangs up. run_all() runs several
 scenarios at once on one asyncio loop (the box has 2 cores and the calls are
 long), and each keeps what the tests need: the call and PBX leg with every
 packet both ends received, time marks, SIP statuses, DTLS/ICE events, and
-whether rtpengine still holds the call after the BYE."""
+whether rtpengine still holds the call after the BYE, and rtpengine's `query`
+of the call just before it."""
 from __future__ import annotations
 
 import asyncio
@@ -118,6 +119,9 @@ async def _run(sc: Scenario, stack: Any, pbx: RtpPbx) -> None:
         await sc.script(sc)
     else:
         await asyncio.sleep(sc.talk)
+    # How rtpengine relays this call, after media (the PBX's CN included) flowed:
+    # its per-media flags say "transcoding" when a codec handler transcodes.
+    sc.notes["rtpengine_query"] = await asyncio.to_thread(stack.ng().query, sc.call.call_id)
     bye_at = sc.mark("bye")
     sc.notes["dtls_state_at_bye"] = sc.call.media.dtls_state()
     sc.notes["failures_before_bye"] = [(round(t - sc.marks["connected"], 3), k, s)
