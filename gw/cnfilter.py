@@ -64,6 +64,7 @@ def _script(action: str, ports: tuple[int, int], owner: str = "", wrap: Optional
         raise FilterError(f"{SCRIPT.name} {action}: {exc}") from None
     if proc.returncode != 0:
         err = " ".join((proc.stderr or proc.stdout).split()) or f"exit status {proc.returncode}"
+        err = err.replace("netlink: Error: cache initialization failed: ", "")
         if "Operation not permitted" in err:
             err += " (needs CAP_NET_ADMIN)"
         raise FilterError(f"nft: {err}")
@@ -176,7 +177,8 @@ def _bound_address(q: dict) -> str:
     return ""
 
 
-def probe(engine: HostPort, cn: CnBlock = CnBlock.FILTER, timeout: float = 1.0) -> CnProbe:
+def probe(engine: HostPort, cn: CnBlock = CnBlock.FILTER, timeout: float = 1.0,
+          call_prefix: str = PROBE_PREFIX) -> CnProbe:
     """One plain-RTP session through rtpengine with the gateway's flags for `cn`
     (the 'phone' offers, the 'PBX' answers with CN 13 declared, as Asterisk
     does): the PBX sends PT 0, PT 13 and PT 13 with the marker bit, ending with
@@ -192,7 +194,7 @@ def probe(engine: HostPort, cn: CnBlock = CnBlock.FILTER, timeout: float = 1.0) 
         return res
     family = socket.AF_INET6 if ":" in me else socket.AF_INET
     phone, pbx = socket.socket(family, socket.SOCK_DGRAM), socket.socket(family, socket.SOCK_DGRAM)
-    call_id = PROBE_PREFIX + secrets.token_hex(6)
+    call_id = call_prefix + secrets.token_hex(6)
     fam = "IP6" if family == socket.AF_INET6 else "IP4"
 
     def ng_call(command: str, sdp: str, sender: Side, **tags: str) -> str:
@@ -308,7 +310,8 @@ def decide(cfg: Settings, own_ranges: list[tuple[int, int]], owner: str,
         if not p.cn_blocked:
             why = ("PT 13 came out of rtpengine" if p.received.get(PT_CN)
                    else p.error or "no audio came back")
-            failed.append(f"rtpengine {p.engine}: {why} ({p.summary()})")
+            # the packet counts matter when the install worked and the filter still failed
+            failed.append(f"rtpengine {p.engine}: {why}" + ("" if install_errors else f" ({p.summary()})"))
     if not failed:
         where = ", ".join(f"table inet {table_name(r)}" for r in installed) or "a filter already in place"
         return Decision(CnBlock.FILTER, "comfort noise: PT 13 dropped in front of rtpengine "

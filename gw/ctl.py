@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 from urllib.parse import urlparse, urlunparse
 
-from gw import bans, capacity
+from gw import bans, capacity, cnfilter
 from kemi import bindings, media
 from kemi import settings as settings_mod
 from kemi.media import Op, Side
@@ -316,7 +316,7 @@ def media_sessions(cfg: Settings) -> tuple[dict[str, dict], list[str]]:
             errors.append(f"rtpengine udp:{engine}: {exc}")
             continue
         for cid in ids:
-            if cid.startswith(DOCTOR_PREFIX):
+            if cid.startswith((DOCTOR_PREFIX, cnfilter.PROBE_PREFIX)):
                 continue
             try:
                 q = ng.query(cid)
@@ -597,7 +597,8 @@ def _plain_sdp(ip: str, port: int) -> str:
             f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
 
 
-def probe_media(engine: HostPort, timeout: float = 1.0) -> MediaProbe:
+def probe_media(engine: HostPort, timeout: float = 1.0,
+                cn: media.CnBlock = media.CnBlock.TRANSCODE) -> MediaProbe:
     """Run the sample sessions, probe rtpengine's ports from here, delete the sessions.
     Probes go to the address rtpengine binds (from `query`), never to the advertised
     one, and relay only between our own sockets (no relay error in rtpengine's stats)."""
@@ -613,11 +614,10 @@ def probe_media(engine: HostPort, timeout: float = 1.0) -> MediaProbe:
 
     def ng_call(command: str, call_id: str, sdp: str, op: Op, receiver: Side, sender: Side,
                 **tags: str) -> str:
-        # Exactly what kemi/app.py hands rtpengine: the gateway's flags, and a
-        # PBX's SDP as the gateway rewrites it first (CN declared).
-        if sender is Side.PBX:
-            sdp = media.declare_cn(sdp)
-        params = media.ng_params(media.flags(op, receiver, sender))
+        # Exactly what kemi/app.py hands rtpengine: the gateway's flags for its
+        # CN path, and a PBX's SDP as the gateway rewrites it first.
+        sdp = media.rtpengine_sdp(sdp, sender, cn)
+        params = media.ng_params(media.flags(op, receiver, sender, cn))
         reply = ng.request({"command": command, "call-id": call_id, "sdp": sdp,
                             "received-from": [fam, me], **tags, **params})
         return reply.get("sdp", "")
@@ -786,23 +786,99 @@ def media_address_check(cfg: Settings, probe: MediaProbe, phones: str) -> dict:
                f"{phones} (--phones)", target=target, data=data)
 
 
-def comfort_noise_check(probe: MediaProbe) -> dict:
-    """CN toward the phone: the SDP a phone receives must not negotiate it (offers
-    to the PBX do carry rtpengine's own CN, by design: rtpengine/FLAGS.md)."""
+def gateway_cn_path(kam: Kamailio) -> Optional[str]:
+    """How the running gateway keeps CN from phones: 'filter' or 'transcode'
+    (its KEMI app sets $shv(gw_cn) at start), None when Kamailio cannot say."""
+    try:
+        reply = kam.rpc("pv.shvGet", "gw_cn")
+    except GwctlError:
+        return None
+    value = reply[0].get("value") if reply and isinstance(reply[0], dict) else None
+    return value if value in ("filter", "transcode") else None
+
+
+@dataclass
+class CnEvidence:
+    """What comfort_noise looks at: CN in the SDP toward the phone (doctor's
+    sample sessions), PT 13 sent through rtpengine on the plain-relay path (the
+    filter's job) and, when that passes, on the transcoder path."""
+
+    path: Optional[str]                                 # the gateway's, from Kamailio
+    relay: Optional[cnfilter.CnProbe] = None
+    transcoder: Optional[cnfilter.CnProbe] = None
+
+
+def probe_cn(engine: HostPort, path: Optional[str]) -> CnEvidence:
+    ev = CnEvidence(path, relay=cnfilter.probe(engine, media.CnBlock.FILTER, call_prefix=DOCTOR_PREFIX))
+    if ev.relay.relayed and not ev.relay.cn_blocked:
+        ev.transcoder = cnfilter.probe(engine, media.CnBlock.TRANSCODE, call_prefix=DOCTOR_PREFIX)
+    return ev
+
+
+def _cn_fix(cfg: Settings) -> str:
+    low, high = cfg.media_ports
+    return (f"Install the filter in front of rtpengine's ports: as root on its host, "
+            f"rtpengine/cn-filter.sh install {low} {high} (nftables, CAP_NET_ADMIN; compose: the "
+            "rtpengine container installs it at start with cap_add NET_ADMIN: check its log), or "
+            "let make run install it (run it as root); then restart the gateway so it relays plainly. "
+            "rtpengine/FLAGS.md")
+
+
+def comfort_noise_check(cfg: Settings, probe: MediaProbe, ev: CnEvidence) -> dict:
+    """CN never reaches a phone: no CN in the SDP a phone receives, and PT 13
+    sent through rtpengine dropped, by the nftables filter in front of it (the
+    cheap path) or by rtpengine's transcoder (the fallback, a warning)."""
     target = probe.engine
     if probe.error:
         return _skip("comfort_noise", "no sample session (see media_address/media_ports)", target=target)
     found = {f"{name} to the phone": hits for name, sdp in probe.to_phone.items() if (hits := sdp_cn(sdp))}
+    data: dict[str, Any] = {"gateway_cn_path": ev.path}
     if found:
         what = "; ".join(f"{k}: {', '.join(v)}" for k, v in found.items())
         return _fail("comfort_noise", f"comfort noise (CN, PT 13) is negotiated toward the phone: {what}",
-                     "Browsers drop audio on CN. The gateway's CN flags (kemi/media.py: codec-consume-CN "
-                     "on offers to the phone, codec-strip=full + codec-transcode=CN on offers to the PBX; "
-                     "rtpengine/FLAGS.md) are not in effect: run this version's kemi/ and an rtpengine "
-                     "built with transcoding support (10.5 as in deploy/rtpengine), which these flags need.",
-                     target=target, data={"found": found})
-    return _ok("comfort_noise", "no CN in the SDP toward the phone (outbound answer, inbound offer) from "
-               "sample PBX and browser SDPs that carry CN 13", target=target)
+                     "Browsers drop audio on CN. The gateway's CN flags (kemi/media.py: codec-strip=CN "
+                     "with the CN filter, else codec-consume-CN on offers to the phone and "
+                     "codec-strip=full + codec-transcode=CN on offers to the PBX; rtpengine/FLAGS.md) are "
+                     "not in effect: run this version's kemi/ and an rtpengine built with transcoding "
+                     "support (10.5 as in deploy/rtpengine), which the fallback flags need.",
+                     target=target, data={**data, "found": found})
+    relay = ev.relay
+    assert relay is not None
+    data["relay_probe"] = relay.summary()
+    if not relay.relayed:
+        return _skip("comfort_noise", f"PT 13 not tested: rtpengine relayed no audio ({relay.summary()}; "
+                     "see media_ports)", target=target, data=data)
+    sdp_ok = "no CN in the SDP toward the phone; "
+    if relay.cn_blocked:
+        if ev.path == "transcode":
+            return _warn("comfort_noise", sdp_ok + "PT 13 is dropped in front of rtpengine (nftables "
+                         f"filter: {relay.summary()}), but the gateway still sends every call through "
+                         "rtpengine's transcoder (it started before the filter worked)",
+                         "Restart the gateway (make run, or docker compose restart gateway): it then "
+                         "sees the filter and relays calls plainly.", target=target, data=data)
+        return _ok("comfort_noise", sdp_ok + "PT 13 sent through rtpengine was dropped in front of it "
+                   f"(nftables filter; {relay.summary()}); calls are plain relays", target=target, data=data)
+    # PT 13 passed the plain relay: no filter (or it does not work).
+    trans = ev.transcoder
+    data["transcoder_probe"] = trans.summary() if trans else None
+    missing = f"PT 13 sent through a plain-relay session came out of rtpengine ({relay.summary()})"
+    if ev.path == "filter":
+        return _fail("comfort_noise", missing + ": the CN filter in front of rtpengine is gone or not "
+                     "working, and the gateway relays calls without the transcoder, so CN from the "
+                     "PBX reaches the phones",
+                     _cn_fix(cfg) + " Or restart the gateway now: without a working filter it falls "
+                     "back to rtpengine's transcoder.", target=target, data=data)
+    if trans is None or not trans.cn_blocked:
+        return _fail("comfort_noise", missing + "; rtpengine's transcoder did not stop it either "
+                     f"({trans.summary() if trans else 'not tested'})",
+                     _cn_fix(cfg) + " The transcoder fallback needs rtpengine with transcoding "
+                     "(Debian's rtpengine-daemon 10.5, deploy/rtpengine).", target=target, data=data)
+    how = ("the gateway uses rtpengine's transcoder" if ev.path == "transcode"
+           else "the gateway's CN path is unknown (Kamailio did not say); with the default "
+                "GW_CN_FILTER=auto it then uses rtpengine's transcoder")
+    return _warn("comfort_noise", sdp_ok + missing + f": no CN filter in front of rtpengine; {how}, which "
+                 f"keeps CN from phones ({trans.summary()}) at ~2.4x rtpengine CPU per call and without "
+                 "kernel forwarding", _cn_fix(cfg), target=target, data=data)
 
 
 def media_ports_check(cfg: Settings, probe: Optional[MediaProbe], engine: HostPort) -> dict:
@@ -900,7 +976,9 @@ def doctor(cfg: Settings, kam: Kamailio, phones: str = "internet",
             checks.append(up)
         if not media_checks:
             continue
-        probe = probe_media(engine) if up["status"] == "ok" else None
+        path = gateway_cn_path(kam) if "comfort_noise" in want else None
+        cn = media.CnBlock.FILTER if path == "filter" else media.CnBlock.TRANSCODE
+        probe = probe_media(engine, cn=cn) if up["status"] == "ok" else None
         if probe is None:
             for name in ("media_address", "comfort_noise"):
                 if name in want:
@@ -909,7 +987,8 @@ def doctor(cfg: Settings, kam: Kamailio, phones: str = "internet",
             if "media_address" in want:
                 checks.append(media_address_check(cfg, probe, phones))
             if "comfort_noise" in want:
-                checks.append(comfort_noise_check(probe))
+                ev = probe_cn(engine, path) if not probe.error else CnEvidence(path)
+                checks.append(comfort_noise_check(cfg, probe, ev))
         if "media_ports" in want:
             checks.append(media_ports_check(cfg, probe, engine))
     if "kamailio" in want:

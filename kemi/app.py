@@ -53,6 +53,7 @@ AVP_AUTH_SRC = "$avp(gw_auth_src)"     # the phone's address, DN and whether it 
 AVP_AUTH_DN = "$avp(gw_auth_dn)"       # credentials: the reply route counts a refusal
 AVP_AUTH_CRED = "$avp(gw_auth_cred)"
 SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
+SHV_CN = "gw_cn"                        # kamailio.cfg shvset: the CN path, for gwctl doctor
 RETRY_AFTER_S = 5
 # The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
 # TCP or WebSocket message can carry, so UDP gets the same limit (RFC 3261 513).
@@ -115,10 +116,12 @@ def mod_init() -> "Gateway":
     gateway = Gateway(settings_mod.load())
     # Once, in Kamailio's main process: how CN is kept from the phones.
     # GW_CN_FILTER=on only when make run (gw/run.py) saw PT 13 dropped in front
-    # of every rtpengine, or the operator says a filter is there.
-    _log("info", "media.comfort_noise", cn=gateway.cn.value, call_id=None,
+    # of every rtpengine, or the operator says a filter is there. gwctl doctor
+    # reads it back (kamailio.cfg: $shv(gw_cn)).
+    KSR.pvx.shv_sets(SHV_CN, gateway.cn.value)
+    _log("info", "media.comfort_noise", cn=gateway.cn.value, setting=gateway.cfg.cn_filter, call_id=None,
          path="plain relay, nftables drops PT 13" if gateway.cn is media.CnBlock.FILTER
-         else f"rtpengine transcoder decodes CN (GW_CN_FILTER={gateway.cfg.cn_filter})")
+         else "rtpengine's transcoder decodes CN")
     return gateway
 
 

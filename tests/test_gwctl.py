@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ARTIFACTS, wait_until
-from gw import ctl, stack
+from gw import cnfilter, ctl, stack
 from kemi import media
 from kemi import settings as settings_mod
 from support.netns import NetNs
@@ -128,6 +128,9 @@ def test_doctor_all_good_on_a_healthy_gateway(gw):
     assert ports["stun_reply"] == "success" and ports["relayed"] == {"b->a": True, "a->b": True}
     assert all(gw.media_ports[0] <= p <= gw.media_ports[1] for p in ports["ports"])
     assert rc_text == 0 and out.strip().endswith("all good")
+    # PT 13 sent through rtpengine died in the CN filter in front of it
+    cn = checks["comfort_noise"]
+    assert "dropped in front of it" in cn["detail"] and cn["data"]["gateway_cn_path"] == "filter", cn
     # doctor's sample sessions are gone again, and its probes added no relay error to
     # rtpengine's statistics (gateway_rtpengine_errors_total must not move on a doctor run)
     assert not [c for c in gw.ng().list_calls() if c.startswith(ctl.DOCTOR_PREFIX)]
@@ -262,8 +265,8 @@ def test_doctor_comfort_noise_toward_the_phone(gw, monkeypatch):
     assert [c["status"] for c in healthy] == ["ok"], healthy
     real_flags = media.flags
 
-    def flags_without_cn_handling(op, receiver, sender=None):
-        tokens = real_flags(op, receiver, sender).tokens
+    def flags_without_cn_handling(op, receiver, sender=None, cn=media.CnBlock.TRANSCODE):
+        tokens = real_flags(op, receiver, sender, cn).tokens
         return media.Flags(tuple(t for t in tokens if not t.startswith("codec-")))
 
     monkeypatch.setattr(media, "flags", flags_without_cn_handling)
@@ -274,6 +277,42 @@ def test_doctor_comfort_noise_toward_the_phone(gw, monkeypatch):
     assert any("CN/8000" in hit for hit in found["inbound offer to the phone"])
     assert "codec-consume-CN" in cn["fix"] and "rtpengine/FLAGS.md" in cn["fix"]
     assert not [c for c in gw.ng().list_calls() if c.startswith(ctl.DOCTOR_PREFIX)]
+
+
+def test_doctor_comfort_noise_filter_gone_or_missing(fresh_gw):
+    """The CN filter in front of rtpengine removed while the gateway relays calls
+    plainly: doctor's PT 13 comes out of rtpengine, so CN would reach phones (fail,
+    with the command that puts the filter back). A gateway on the transcoder path
+    without a filter keeps CN away at a cost: a warning with the same fix."""
+    env = stack_env(fresh_gw)
+    low, high = fresh_gw.media_ports
+    assert fresh_gw.cn.cn is media.CnBlock.FILTER, fresh_gw.cn.message
+    cnfilter.remove(fresh_gw.media_ports)
+    try:
+        rc, checks = doctor(env, "--only", "comfort_noise")
+    finally:
+        cnfilter.install(fresh_gw.media_ports, f"pytest pid {os.getpid()}")
+    cn = checks["comfort_noise"]
+    assert rc == 1 and cn["status"] == "fail", cn
+    assert "came out of rtpengine" in cn["detail"] and "reaches the phones" in cn["detail"]
+    assert f"rtpengine/cn-filter.sh install {low} {high}" in cn["fix"] and "restart the gateway" in cn["fix"]
+    assert cn["data"]["gateway_cn_path"] == "filter"
+    rc, checks = doctor(env, "--only", "comfort_noise")
+    assert rc == 0 and checks["comfort_noise"]["status"] == "ok", checks
+    # A gateway on the transcoder path (GW_CN_FILTER=off at start), no filter: warn.
+    kam = ctl.Kamailio(ctl.ctl_socket(None, env))
+    kam.rpc("pv.shvSet", "gw_cn", "str", "transcode")
+    cnfilter.remove(fresh_gw.media_ports)
+    try:
+        rc, checks = doctor(env, "--only", "comfort_noise")
+    finally:
+        cnfilter.install(fresh_gw.media_ports, f"pytest pid {os.getpid()}")
+        kam.rpc("pv.shvSet", "gw_cn", "str", "filter")
+    cn = checks["comfort_noise"]
+    assert rc == 0 and cn["status"] == "warn", cn
+    assert "transcoder" in cn["detail"] and "2.4x" in cn["detail"], cn
+    assert f"cn-filter.sh install {low} {high}" in cn["fix"]
+    assert not [c for c in fresh_gw.ng().list_calls() if c.startswith(ctl.DOCTOR_PREFIX)]
 
 
 def test_doctor_media_ports_taken_by_another_program(tmp_path):
