@@ -846,3 +846,79 @@ def test_no_private_keys_or_secrets_committed():
         if f.is_file() and f.name not in (".env",):
             text = f.read_text(errors="replace")
             assert "PRIVATE KEY-----" not in text, f"{f}: private key material"
+
+
+# --------------------------------------------------------------------------- rtpengine + CN filter
+
+def test_compose_rtpengine_gets_the_cn_filter_and_the_gateways_port_range():
+    doc = load_compose()
+    rtp, gw = doc["services"]["rtpengine"], doc["services"]["gateway"]
+    assert rtp["environment"]["GW_MEDIA_PORTS"] == gw["environment"]["GW_MEDIA_PORTS"]
+    assert "../rtpengine/cn-filter.sh:/usr/local/sbin/gw-cn-filter:ro" in rtp["volumes"]
+    assert "NET_ADMIN" in rtp["cap_add"]
+    ins = dockerfile_instructions(DEPLOY / "rtpengine" / "Dockerfile")
+    assert [a for i, a in ins if i == "ENTRYPOINT"] == ['["/usr/local/bin/rtpengine-entrypoint"]']
+    assert "nftables" in " ".join(a for i, a in ins if i == "RUN")
+    assert any(a.endswith("entrypoint.sh /usr/local/bin/rtpengine-entrypoint") for i, a in ins if i == "COPY")
+
+
+def test_rtpengine_entrypoint_installs_the_cn_filter_and_removes_it(tmp_path):
+    """deploy/rtpengine/entrypoint.sh with the real rtpengine and the shipped
+    rtpengine.conf, in a network namespace of our own (its nftables ruleset is
+    the namespace's): the table covers GW_MEDIA_PORTS, rtpengine uses the same
+    range, PT 13 through a real session is dropped; SIGTERM stops rtpengine and
+    removes the table. Without CAP_NET_ADMIN rtpengine still starts, and says so."""
+    from gw import cnfilter
+    from support.netns import NetNs
+    ns = NetNs(f"gwent{os.getpid() % 100000}").create()
+    low, high = 30000, 30039
+    ng_port = 2223
+    env = {**os.environ, "GW_MEDIA_PORTS": f"{low}-{high}", "CN_FILTER": str(ROOT / "rtpengine" / "cn-filter.sh"),
+           "RTPENGINE_CONF": str(ROOT / "rtpengine" / "rtpengine.conf")}
+    args = ["--interface=127.0.0.1", f"--listen-ng=127.0.0.1:{ng_port}", "--listen-cli=127.0.0.1:2224",
+            "--listen-http=127.0.0.1:2225", "--table=-1", f"--pidfile={tmp_path / 'rtpengine.pid'}"]
+    entry = str(DEPLOY / "rtpengine" / "entrypoint.sh")
+    cfg = settings_mod.load({"GW_RTPENGINE": f"udp:127.0.0.1:{ng_port}", "GW_MEDIA_PORTS": f"{low}-{high}"})
+
+    def ruleset() -> str:
+        return run(ns.argv(["nft", "list", "ruleset"])).stdout
+
+    def start(prefix: list[str]) -> tuple[subprocess.Popen, Path]:
+        path = tmp_path / f"entrypoint{len(prefix)}.log"
+        with open(path, "w") as log:
+            proc = subprocess.Popen(prefix + ns.argv([entry, *args]), env=env, stdout=log,
+                                    stderr=subprocess.STDOUT)
+
+        def ready() -> bool:
+            with ns.entered():
+                return stack.ng_ping(cfg.rtpengines[0])
+        deadline = time.monotonic() + 10
+        while not ready():
+            assert proc.poll() is None and time.monotonic() < deadline, path.read_text()
+            time.sleep(0.1)
+        return proc, path
+
+    def stop(started: tuple[subprocess.Popen, Path]) -> str:
+        proc, path = started
+        proc.terminate()                       # the entrypoint, our own child
+        assert proc.wait(15) == 0
+        return path.read_text()
+
+    try:
+        proc = start([])
+        try:
+            assert f"table inet gw_cn_{low}_{high}" in ruleset() and "owner: rtpengine container" in ruleset()
+            with ns.entered():
+                p = cnfilter.probe(cfg.rtpengines[0])
+            assert p.cn_blocked, p.summary()
+            assert p.target.startswith("127.0.0.1:") and low <= int(p.target.split(":")[1]) <= high
+        finally:
+            text = stop(proc)
+        assert "drops RTP PT 13 sent to ports 30000-30039" in text, text
+        assert "gw_cn_" not in ruleset(), "the entrypoint left its table behind"
+        # No CAP_NET_ADMIN: no filter, rtpengine all the same, and a line saying so.
+        proc = start(["setpriv", "--inh-caps=-net_admin", "--bounding-set=-net_admin", "--"])
+        text = stop(proc)
+        assert "filter NOT installed" in text and "transcoder" in text, text
+    finally:
+        ns.delete()
