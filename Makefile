@@ -2,10 +2,14 @@
 # Both install what is missing first (scripts/install-deps.sh).
 PY := .venv/bin/python
 
-.PHONY: run test unit deps agent agent-package bench clean
+.PHONY: run test unit deps bench-deps agent agent-package bench clean
 
 deps:
 	@scripts/install-deps.sh
+
+# deps plus what only the benchmark needs (Janus, the peer of the WebRTC media section)
+bench-deps:
+	@scripts/install-deps.sh --bench
 
 run: deps
 	$(PY) -m gw.run
@@ -28,7 +32,7 @@ unit: deps
 
 # Capacity benchmark, KEMI vs a native-cfg baseline (not part of make test);
 # BENCH_QUICK=1 for a ~3 minute run. Writes bench/RESULTS.md.
-bench: deps
+bench: bench-deps
 	$(PY) -m bench
 
 clean:

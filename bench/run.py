@@ -8,16 +8,20 @@ Kamailio cfg, on loopback, in one run. Prints a table and writes bench/RESULTS.m
    INVITE->180 at the caller, minus the same with the UAS called directly
 4. CPU microseconds per call / per REGISTER in Kamailio, rtpengine, Redis (/proc)
 5. KEMI/native ratios
-6. media: N concurrent relayed G.711 calls, largest N with 0 loss
+6. media: N concurrent relayed G.711 calls, largest N with 0 loss (plain RTP both legs)
 7. connections (bench/connections.py): 10,000 WebSocket agents registering 200
    at a time, Kamailio memory per connected agent, idle CPU with keepalives,
    calls to random agents while all are connected
+8. WebRTC media (bench/media_webrtc.py): ICE + DTLS-SRTP phones, CN from the PBX; the
+   CN filter path next to a plain relay, the transcoder fallback and Janus
 
 Settings (environment; BENCH_QUICK=1 for a ~2 minute run, BENCH_SMOKE=1 for the
 few-seconds harness check):
   BENCH_STEP_S, BENCH_HOLD_MS, BENCH_CALL_START, BENCH_REG_START, BENCH_FACTOR,
   BENCH_REFINE, BENCH_MAX_STEPS, BENCH_MAX_RATE, BENCH_RETRY, BENCH_LAT_S,
   BENCH_MEDIA_CALLS, BENCH_MEDIA_S, BENCH_MEDIA_PROCS, BENCH_DNS, BENCH_CHILDREN,
+  BENCH_WEBRTC_CALLS, BENCH_WEBRTC_N, BENCH_WEBRTC_S, BENCH_WEBRTC_ROUNDS, BENCH_WEBRTC_VARIANTS
+  (the WebRTC media section, bench/media_webrtc.py; `python -m bench.media_webrtc` runs it alone),
   BENCH_SHM_MB, BENCH_LOG_LEVEL, BENCH_VARIANTS, BENCH_TESTS, BENCH_PROFILE,
   BENCH_OUT, BENCH_RUN_DIR, BENCH_KEEP, BENCH_PAUSE_S, BENCH_PERF,
   BENCH_KAMAILIO_ARGS (extra Kamailio options, both variants, e.g. "-x tlsf"),
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import connections, rtp, sipp, stacks  # noqa: E402
+from bench import connections, media_webrtc, rtp, sipp, stacks  # noqa: E402
 from bench.stacks import PBX_IP, PHONE_IP, BenchStack  # noqa: E402
 from gw import stack as gwstack  # noqa: E402
 
@@ -123,8 +127,8 @@ class Config:
             shm_mb=_env("BENCH_SHM_MB", 0, 0, 0, int),
             log_level=_env("BENCH_LOG_LEVEL", "info", "info", "info", str),
             variants=_env("BENCH_VARIANTS", "kemi,native", "kemi,native", "kemi,native", str).split(","),
-            tests=_env("BENCH_TESTS", "out,in,reg,lat,media,profile,conn", "out,in,reg,lat,media,profile,conn",
-                       "out,in,reg,lat,media,conn", str).split(","),
+            tests=_env("BENCH_TESTS", "out,in,reg,lat,media,webrtc,profile,conn",
+                       "out,in,reg,lat,media,webrtc,profile,conn", "out,in,reg,lat,media,conn", str).split(","),
             profile=_env("BENCH_PROFILE", "1" if pyspy else "0", "1" if pyspy else "0", "0", str) == "1",
             out=Path(_env("BENCH_OUT", str(ROOT / "bench" / "RESULTS.md"), str(ROOT / "bench" / "RESULTS.md"),
                           str(ROOT / "bench" / "RESULTS.md"), str)),
@@ -464,6 +468,8 @@ class Bench:
                 res["lat"][test] = (rate, runs)
         if "media" in cfg.tests:
             res["media"] = self.media()
+        if "webrtc" in cfg.tests:
+            res["webrtc"] = media_webrtc.run(cfg.run_dir / "webrtc", self.log)
         if "profile" in cfg.tests and cfg.profile and "kemi" in self.stacks:
             res["profile"] = self.profile()
         if "conn" in cfg.tests:
@@ -824,12 +830,15 @@ def summary_rows(res: dict, variants: list[str]) -> list[list[str]]:
         txt = f"{best.calls:,}" if best else "0"
         if best and not first_bad:
             txt += "+"
-        rows.append(["relayed G.711 calls with 0 loss (userspace rtpengine)", txt, "(same rtpengine)", "",
+        rows.append(["plain RTP both legs (SIP phones, no WebRTC): relayed G.711 calls with 0 loss "
+                     "(userspace rtpengine)", txt, "(same rtpengine)", "",
                      f">= {TARGETS['media']}", met(None if not media else (best.calls if best else 0)
                                                   >= TARGETS["media"])])
         if best:
-            rows.append([f"rtpengine CPU per relayed call @ {best.calls} calls (% of a core)",
+            rows.append([f"plain RTP both legs: rtpengine CPU per relayed call @ {best.calls} calls (% of a core)",
                          f"{100 * best.rtpengine_cpu / best.seconds / best.calls:.3f}", "", "", "", ""])
+    if res.get("webrtc"):
+        rows += media_webrtc.summary_rows(res["webrtc"])
     return rows
 
 
@@ -899,7 +908,11 @@ def report(res: dict, cfg: Config, machine: dict, elapsed: float) -> tuple[str, 
           "baseline. Added latency = gateway percentile - direct percentile.",
           "- Media: bench/rtp.py sets N sessions up over ng with the gateway's own flags "
           "(kemi/media.py, plain RTP both sides) and sends G.711 both ways, 50 packets/s per stream; "
-          "loss counted per RTP sequence number.",
+          "loss counted per RTP sequence number (plain RTP on both legs, as for SIP desk phones).",
+          "- WebRTC media (bench/media_webrtc.py): real ICE + DTLS-SRTP phone legs (a second rtpengine plays "
+          "the browsers), plain-RTP PBX legs with CN from the PBX, the gateway's flags on one userspace "
+          "rtpengine: the CN filter path, a plain relay, the transcoder fallback, and Janus with the same "
+          "calls; all in a network namespace of the bench's own.",
           "", "Reproduce: `make bench` (about 15 min), `BENCH_QUICK=1 make bench` (about 2 min); the "
           "settings are environment variables listed at the top of bench/run.py, e.g. "
           "`BENCH_KAMAILIO_ARGS='-x tlsf'` to try a Kamailio option on both variants, "
@@ -965,7 +978,7 @@ def details_md(res: dict, cfg: Config) -> list[str]:
         md += [table_md(hdr, rows), ""]
     media = res.get("media")
     if media:
-        md += ["## Media (RTP relayed by userspace rtpengine)", "",
+        md += ["## Media, plain RTP both legs (SIP phones; RTP relayed by userspace rtpengine)", "",
                "Each call: two legs, 50 packets/s each way (PCMU 20 ms, 172-byte packets), set up over ng "
                "with the gateway's flags for a plain-RTP call; generator and receiver in Python "
                f"({cfg.media_procs} processes) on the same box.", ""]
@@ -979,6 +992,8 @@ def details_md(res: dict, cfg: Config) -> list[str]:
                          f"{1e6 * m.rtpengine_cpu / m.sent:.1f}" if m.sent else "n/a",
                          f"{m.generator_cpu / m.seconds:.2f}", str(m.late_ticks)])
         md += [table_md(hdr, rows), ""]
+    if res.get("webrtc"):
+        md += media_webrtc.report_md(res["webrtc"])
     prof = res.get("profile")
     if prof:
         md += [f"## Where the time goes (phone->PBX calls at {prof['rate']}/s)", ""]

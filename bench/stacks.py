@@ -188,12 +188,13 @@ def _argv_native(cfg: settings_mod.Settings, run_dir: Path, children: int, log_l
     ]
     if flood_limit > 0:
         defines.append("FLOOD_ON")
-    # The same rtpengine flags as the KEMI app, from the same code.
+    # The same rtpengine flags as the KEMI app, from the same code (the CN filter
+    # path, as make run takes it where it can install the filter: see start()).
     for op in media.Op:
         for receiver in media.Side:
             for sender in media.Side:
                 name = f"F_{op.value.upper()}_TO_{receiver.name}_FROM_{sender.name}"
-                defines.append(f'{name}="{media.flags(op, receiver, sender)}"')
+                defines.append(f'{name}="{media.flags(op, receiver, sender, media.CnBlock.FILTER)}"')
     for d in defines:
         argv += ["-A", d]
     return argv
@@ -253,6 +254,9 @@ def start(variant: str, base: Path, *, children: int, shm_mb: int, log_level: st
         "GW_FLOOD_LIMIT": "0",           # one SIPp source sends thousands of REGISTERs
         "GW_LOG_LEVEL": log_level,
         "GW_PBX_ALLOW": "",
+        # The product's default CN path where make run can install the CN filter
+        # (plain-relay flags); these calls carry no media, so no filter is needed.
+        "GW_CN_FILTER": "on",
         "PROMETHEUS_MULTIPROC_DIR": str(base / "metrics"),
     })
     cfg = settings_mod.load(env)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Install everything the gateway and its tests need on Debian 12 (run as root).
 # Idempotent: does nothing that is already done.
+#   scripts/install-deps.sh           the gateway, its tests and the agent
+#   scripts/install-deps.sh --bench   also what only `make bench` needs (Janus, the peer it
+#                                     measures the gateway against)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +14,13 @@ APT_PACKAGES=(
   python3 python3-venv python3-redis python3-prometheus-client
   iproute2 nftables nginx coturn prometheus openssl redis-sentinel python3-dev
 )
+# make bench's WebRTC media section runs the same calls through Janus (SIP plugin).
+BENCH_APT_PACKAGES=(janus)
+case "${1:-}" in
+  --bench) APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}") ;;
+  "") ;;
+  *) echo "install-deps: unknown option $1 (expected --bench)" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
