@@ -71,7 +71,8 @@ class GenResult:
     cn_sent: int = 0          # PT 13 the PBX sent (whole run)
     cn_window: int = 0        # ... of those, in the measured window
     cn_at_phone: int = 0      # PT 13 that reached the phone (whole run)
-    late_ticks: int = 0       # ticks the generator started more than 20 ms late
+    late_ticks: int = 0       # ticks the generator started more than 20 ms late (worst worker)
+    ticks: int = 0            # ticks each worker ran
     cpu: float = 0.0          # the generator processes' CPU seconds
     calls_with_loss: int = 0  # calls that lost any counted packet, either way
 
@@ -94,6 +95,7 @@ class GenResult:
                   "calls_with_loss"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.late_ticks = max(self.late_ticks, other.late_ticks)
+        self.ticks = max(self.ticks, other.ticks)
 
 
 def new_socket(ip: str) -> socket.socket:
@@ -114,12 +116,17 @@ def _worker(legs: list[Leg], t_start: float, warm: float, seconds: float, conn: 
             s.setblocking(False)
             ep.register(s.fileno(), select.EPOLLIN)
             info[s.fileno()] = (i, is_phone, bytearray(ticks + 1))
-    head = bytearray(12)
-    res = GenResult()
+    res = GenResult(ticks=ticks)
     buf = bytearray(2048)
     view = memoryview(buf)
     tick = 0
     t_next = t_start
+    # One packet of each kind per tick, patched per leg (SSRC) and sent: send()
+    # copies it, so the same buffer serves every leg with no allocation.
+    audio_pkt = bytearray(12 + PAYLOAD)
+    cn_pkt = bytearray(13)
+    cn_pkt[12] = 0x40                                   # RFC 3389: noise level
+    set_ssrc = struct.Struct("!I").pack_into
 
     def receive(fd: int) -> None:
         i, is_phone, seen = info[fd]
@@ -152,34 +159,34 @@ def _worker(legs: list[Leg], t_start: float, warm: float, seconds: float, conn: 
             if now - t_next > PTIME:
                 res.late_ticks += 1
             counted = tick >= first
-            audio = mark_payload(tick)
             quiet = silent(tick)
-            for i, leg in enumerate(legs):
-                ssrc = leg.ssrc
-                struct.pack_into("!BBHII", head, 0, 0x80, 0, tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF, ssrc)
+            seq, ts = tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF
+            struct.pack_into("!BBHII", audio_pkt, 0, 0x80, 0, seq, ts, 0)
+            audio_pkt[12:] = mark_payload(tick)
+            struct.pack_into("!BBHII", cn_pkt, 0, 0x80, 13, seq, ts, 0)
+            pbx_pkt = cn_pkt if quiet else audio_pkt
+            up = down = cn = 0
+            for leg in legs:
+                set_ssrc(audio_pkt, 8, leg.ssrc)
                 try:
-                    leg.phone.send(bytes(head) + audio)
-                    if counted:
-                        res.sent_up += 1
+                    leg.phone.send(audio_pkt)
+                    up += 1
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
-                if quiet:
-                    struct.pack_into("!BBHII", head, 0, 0x80, 13, tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF,
-                                     (ssrc + 1) & 0xFFFFFFFF)
-                    data = bytes(head) + b"\x40"            # RFC 3389: noise level
-                else:
-                    struct.pack_into("!BBHII", head, 0, 0x80, 0, tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF,
-                                     (ssrc + 1) & 0xFFFFFFFF)
-                    data = bytes(head) + audio
+                set_ssrc(pbx_pkt, 8, (leg.ssrc + 1) & 0xFFFFFFFF)
                 try:
-                    leg.pbx.send(data)
+                    leg.pbx.send(pbx_pkt)
                     if quiet:
-                        res.cn_sent += 1
-                        res.cn_window += counted
-                    elif counted:
-                        res.sent_down += 1
+                        cn += 1
+                    else:
+                        down += 1
                 except (BlockingIOError, ConnectionRefusedError):
                     pass
+            res.cn_sent += cn
+            if counted:
+                res.sent_up += up
+                res.sent_down += down
+                res.cn_window += cn
             tick += 1
             t_next += PTIME
             continue

@@ -123,12 +123,16 @@ class Step:
 
     @property
     def clean(self) -> bool:
-        return not self.setup_failed and self.gen.lost == 0 and self.gen.sent_up > 0
+        """No failed set-up, no loss, and a generator that kept pace (else the
+        step measured the generator, not the relay)."""
+        return not self.setup_failed and self.gen.lost == 0 and self.gen.sent_up > 0 and self.generator_ok
 
     @property
     def generator_ok(self) -> bool:
-        """The generator kept its 20 ms pace, and the phones' rtpengine had CPU to spare."""
-        return self.gen.late_ticks == 0 and self.phone_cpu / self.seconds < 0.9
+        """The generator kept its 20 ms pace (a tick started over 20 ms late at most
+        once in a hundred: a shared box preempts now and then), and the phones'
+        rtpengine had CPU to spare."""
+        return self.gen.late_ticks <= 0.01 * self.gen.ticks and self.phone_cpu / self.seconds < 0.9
 
 
 class Bench:
@@ -305,10 +309,9 @@ def run(run_dir: Path, log: Callable[[str], None]) -> dict:
         for n in cfg.ramp:
             st = b.step("filter", n, cfg.seconds, cfg.warm, "ramp")
             if not st.clean:
-                log(f"webrtc media {n} calls: {_brief(st)}: once more")
-                st2 = b.step("filter", n, cfg.seconds, cfg.warm, "ramp")
+                log(f"webrtc media filter {n} calls: {_brief(st)}: once more")
                 out["steps"].append(st)
-                st = st2
+                st = b.step("filter", n, cfg.seconds, cfg.warm, "ramp")
             out["steps"].append(st)
             log(f"webrtc media filter {n} calls: {_brief(st)}")
             if not st.clean:
@@ -364,11 +367,12 @@ def compare_table(res: dict) -> dict[str, dict[str, Any]]:
 
 
 def best_clean(res: dict) -> tuple[Optional[Step], Optional[Step]]:
+    """The ramp's largest clean step, and the step that ended the ramp (None: it never failed)."""
     ramp = [s for s in res.get("steps", []) if s.phase == "ramp"]
     clean = [s for s in ramp if s.clean]
     best = max(clean, key=lambda s: s.calls) if clean else None
-    bad = next((s for s in ramp if not s.clean and not any(c.calls == s.calls and c.clean for c in clean)), None)
-    return best, bad
+    last = ramp[-1] if ramp else None
+    return best, (last if last is not None and not last.clean else None)
 
 
 def filter_ms(res: dict, pps_in: float) -> float:
@@ -384,6 +388,10 @@ def summary_rows(res: dict) -> list[list[str]]:
     best, bad = best_clean(res)
     if best is not None or bad is not None:
         txt = (f"{best.calls:,}" if best else "0") + ("" if bad else "+")
+        if bad is not None and not bad.generator_ok:
+            txt += f"+ (the generator fell behind at {bad.calls:,}: not the relay's limit)"
+        elif bad is not None:
+            txt += f" (loss at {bad.calls:,})"
         rows.append(["WebRTC calls (ICE + DTLS-SRTP phones, PBX sends CN) with 0 loss, CN filter path "
                      "(shared 2-core box: relay + phones' rtpengine + generator)", txt, "", "", "", ""])
     cmp = compare_table(res)
