@@ -105,32 +105,66 @@ def new_socket(ip: str) -> socket.socket:
     return s
 
 
-def _worker(legs: list[Leg], t_start: float, warm: float, seconds: float, conn: Any) -> None:
-    ticks = int((warm + seconds) / PTIME)
-    first = int(warm / PTIME)                 # ticks before this are warm-up: not counted
-    ep = select.epoll()
-    # per socket: (leg index, is_phone, seen-marks bytearray)
-    info: dict[int, tuple[int, bool, bytearray]] = {}
-    for i, leg in enumerate(legs):
-        for s, is_phone in ((leg.phone, True), (leg.pbx, False)):
-            s.setblocking(False)
-            ep.register(s.fileno(), select.EPOLLIN)
-            info[s.fileno()] = (i, is_phone, bytearray(ticks + 1))
-    res = GenResult(ticks=ticks)
-    buf = bytearray(2048)
-    view = memoryview(buf)
-    tick = 0
-    t_next = t_start
-    # One packet of each kind per tick, patched per leg (SSRC) and sent: send()
-    # copies it, so the same buffer serves every leg with no allocation.
-    audio_pkt = bytearray(12 + PAYLOAD)
-    cn_pkt = bytearray(13)
-    cn_pkt[12] = 0x40                                   # RFC 3389: noise level
-    set_ssrc = struct.Struct("!I").pack_into
+class _Worker:
+    """One generator process: its legs' sockets on one epoll, sending every 20 ms
+    and counting what arrives in between."""
 
-    def receive(fd: int) -> None:
-        i, is_phone, seen = info[fd]
-        s = legs[i].phone if is_phone else legs[i].pbx
+    def __init__(self, legs: list[Leg], warm: float, seconds: float) -> None:
+        self.legs = legs
+        self.ticks = int((warm + seconds) / PTIME)
+        self.first = int(warm / PTIME)                 # ticks before this are warm-up: not counted
+        self.ep = select.epoll()
+        # per socket: (its socket, leg index, is_phone, seen-marks bytearray)
+        self.info: dict[int, tuple[socket.socket, int, bool, bytearray]] = {}
+        for i, leg in enumerate(legs):
+            for s, is_phone in ((leg.phone, True), (leg.pbx, False)):
+                s.setblocking(False)
+                self.ep.register(s.fileno(), select.EPOLLIN)
+                self.info[s.fileno()] = (s, i, is_phone, bytearray(self.ticks + 1))
+        self.res = GenResult(ticks=self.ticks)
+        self.buf = bytearray(2048)
+        self.view = memoryview(self.buf)
+        # One packet of each kind per tick, patched per leg (SSRC) and sent: send()
+        # copies it, so the same buffer serves every leg with no allocation.
+        self.audio_pkt = bytearray(12 + PAYLOAD)
+        self.cn_pkt = bytearray(13)
+        self.cn_pkt[12] = 0x40                         # RFC 3389: noise level
+
+    def send_tick(self, tick: int) -> None:
+        res, audio_pkt, cn_pkt = self.res, self.audio_pkt, self.cn_pkt
+        quiet = silent(tick)
+        seq, ts = tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF
+        struct.pack_into("!BBHII", audio_pkt, 0, 0x80, 0, seq, ts, 0)
+        audio_pkt[12:] = mark_payload(tick)
+        struct.pack_into("!BBHII", cn_pkt, 0, 0x80, 13, seq, ts, 0)
+        pbx_pkt = cn_pkt if quiet else audio_pkt
+        set_ssrc = _SSRC.pack_into
+        up = down = cn = 0
+        for leg in self.legs:
+            set_ssrc(audio_pkt, 8, leg.ssrc)
+            try:
+                leg.phone.send(audio_pkt)
+                up += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            set_ssrc(pbx_pkt, 8, (leg.ssrc + 1) & 0xFFFFFFFF)
+            try:
+                leg.pbx.send(pbx_pkt)
+                if quiet:
+                    cn += 1
+                else:
+                    down += 1
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+        res.cn_sent += cn
+        if tick >= self.first:
+            res.sent_up += up
+            res.sent_down += down
+            res.cn_window += cn
+
+    def receive(self, fd: int) -> None:
+        s, _, is_phone, seen = self.info[fd]
+        res, buf = self.res, self.buf
         while True:
             try:
                 n = s.recv_into(buf)
@@ -140,71 +174,49 @@ def _worker(legs: list[Leg], t_start: float, warm: float, seconds: float, conn: 
                 continue
             pt = buf[1] & 0x7F
             if pt == 13:
-                if is_phone:
-                    res.cn_at_phone += 1
+                res.cn_at_phone += is_phone
                 continue
             if pt != 0:
                 continue
-            m = read_mark(view[12:n])
-            if m is not None and first <= m <= ticks and not seen[m]:
+            m = read_mark(self.view[12:n])
+            if m is not None and self.first <= m < self.ticks and not seen[m]:
                 seen[m] = 1
                 if is_phone:
                     res.got_down += 1
                 else:
                     res.got_up += 1
 
-    while tick < ticks:
-        now = time.monotonic()
-        if now >= t_next:
-            if now - t_next > PTIME:
-                res.late_ticks += 1
-            counted = tick >= first
-            quiet = silent(tick)
-            seq, ts = tick & 0xFFFF, (tick * PAYLOAD) & 0xFFFFFFFF
-            struct.pack_into("!BBHII", audio_pkt, 0, 0x80, 0, seq, ts, 0)
-            audio_pkt[12:] = mark_payload(tick)
-            struct.pack_into("!BBHII", cn_pkt, 0, 0x80, 13, seq, ts, 0)
-            pbx_pkt = cn_pkt if quiet else audio_pkt
-            up = down = cn = 0
-            for leg in legs:
-                set_ssrc(audio_pkt, 8, leg.ssrc)
-                try:
-                    leg.phone.send(audio_pkt)
-                    up += 1
-                except (BlockingIOError, ConnectionRefusedError):
-                    pass
-                set_ssrc(pbx_pkt, 8, (leg.ssrc + 1) & 0xFFFFFFFF)
-                try:
-                    leg.pbx.send(pbx_pkt)
-                    if quiet:
-                        cn += 1
-                    else:
-                        down += 1
-                except (BlockingIOError, ConnectionRefusedError):
-                    pass
-            res.cn_sent += cn
-            if counted:
-                res.sent_up += up
-                res.sent_down += down
-                res.cn_window += cn
-            tick += 1
-            t_next += PTIME
-            continue
-        for fd, _ in ep.poll(max(t_next - now, 0)):
-            receive(fd)
-    drain_end = time.monotonic() + 0.5
-    while (left := drain_end - time.monotonic()) > 0:
-        for fd, _ in ep.poll(left):
-            receive(fd)
-    # a call with loss: some counted mark missing at either end
-    lossy = set()
-    for fd, (i, is_phone, seen) in info.items():
-        if any(not seen[t] for t in range(first, ticks) if not (is_phone and silent(t))):
-            lossy.add(i)
-    res.calls_with_loss = len(lossy)
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    res.cpu = ru.ru_utime + ru.ru_stime
-    conn.send(res)
+    def run(self, t_start: float) -> GenResult:
+        tick, t_next = 0, t_start
+        while tick < self.ticks:
+            now = time.monotonic()
+            if now >= t_next:
+                if now - t_next > PTIME:
+                    self.res.late_ticks += 1
+                self.send_tick(tick)
+                tick += 1
+                t_next += PTIME
+                continue
+            for fd, _ in self.ep.poll(max(t_next - now, 0)):
+                self.receive(fd)
+        drain_end = time.monotonic() + 0.5
+        while (left := drain_end - time.monotonic()) > 0:
+            for fd, _ in self.ep.poll(left):
+                self.receive(fd)
+        # a call with loss: some counted mark missing at either end
+        lossy = {i for s, i, is_phone, seen in self.info.values()
+                 if any(not seen[t] for t in range(self.first, self.ticks) if not (is_phone and silent(t)))}
+        self.res.calls_with_loss = len(lossy)
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        self.res.cpu = ru.ru_utime + ru.ru_stime
+        return self.res
+
+
+_SSRC = struct.Struct("!I")
+
+
+def _worker(legs: list[Leg], t_start: float, warm: float, seconds: float, conn: Any) -> None:
+    conn.send(_Worker(legs, warm, seconds).run(t_start))
     conn.close()
 
 
