@@ -842,6 +842,12 @@ def comfort_noise_check(cfg: Settings, probe: MediaProbe, ev: CnEvidence) -> dic
                      "not in effect: run this version's kemi/ and an rtpengine built with transcoding "
                      "support (10.5 as in deploy/rtpengine), which the fallback flags need.",
                      target=target, data={**data, "found": found})
+    return _cn_packets(cfg, target, ev, data)
+
+
+def _cn_packets(cfg: Settings, target: str, ev: CnEvidence, data: dict[str, Any]) -> dict:
+    """comfort_noise, the RTP half: where PT 13 sent through rtpengine ended up,
+    read against the CN path the gateway says it takes."""
     relay = ev.relay
     assert relay is not None
     data["relay_probe"] = relay.summary()
