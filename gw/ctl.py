@@ -815,13 +815,12 @@ def probe_cn(engine: HostPort, path: Optional[str]) -> CnEvidence:
     return ev
 
 
-def _cn_fix(cfg: Settings) -> str:
+def _cn_fix(cfg: Settings, then: str) -> str:
     low, high = cfg.media_ports
-    return (f"Install the filter in front of rtpengine's ports: as root on its host, "
+    return (f"Install the CN filter in front of rtpengine's ports: as root on its host, "
             f"rtpengine/cn-filter.sh install {low} {high} (nftables, CAP_NET_ADMIN; compose: the "
-            "rtpengine container installs it at start with cap_add NET_ADMIN: check its log), or "
-            "let make run install it (run it as root); then restart the gateway so it relays plainly. "
-            "rtpengine/FLAGS.md")
+            "rtpengine container installs it at start with cap_add NET_ADMIN: check its log; make run "
+            f"installs it when run as root). {then} (rtpengine/FLAGS.md)")
 
 
 def comfort_noise_check(cfg: Settings, probe: MediaProbe, ev: CnEvidence) -> dict:
@@ -872,19 +871,20 @@ def _cn_packets(cfg: Settings, target: str, ev: CnEvidence, data: dict[str, Any]
         return _fail("comfort_noise", missing + ": the CN filter in front of rtpengine is gone or not "
                      "working, and the gateway relays calls without the transcoder, so CN from the "
                      "PBX reaches the phones",
-                     _cn_fix(cfg) + " Or restart the gateway now: without a working filter it falls "
-                     "back to rtpengine's transcoder.", target=target, data=data)
+                     _cn_fix(cfg, "Or restart the gateway now: without a working filter it falls back "
+                              "to rtpengine's transcoder."), target=target, data=data)
     if trans is None or not trans.cn_blocked:
         return _fail("comfort_noise", missing + "; rtpengine's transcoder did not stop it either "
                      f"({trans.summary() if trans else 'not tested'})",
-                     _cn_fix(cfg) + " The transcoder fallback needs rtpengine with transcoding "
-                     "(Debian's rtpengine-daemon 10.5, deploy/rtpengine).", target=target, data=data)
+                     _cn_fix(cfg, "The transcoder fallback needs rtpengine with transcoding (Debian's "
+                              "rtpengine-daemon 10.5, deploy/rtpengine)."), target=target, data=data)
     how = ("the gateway uses rtpengine's transcoder" if ev.path == "transcode"
            else "the gateway's CN path is unknown (Kamailio did not say); with the default "
                 "GW_CN_FILTER=auto it then uses rtpengine's transcoder")
     return _warn("comfort_noise", sdp_ok + missing + f": no CN filter in front of rtpengine; {how}, which "
                  f"keeps CN from phones ({trans.summary()}) at ~2.4x rtpengine CPU per call and without "
-                 "kernel forwarding", _cn_fix(cfg), target=target, data=data)
+                 "kernel forwarding", _cn_fix(cfg, "Then restart the gateway: it sees the filter and relays "
+                                             "calls plainly."), target=target, data=data)
 
 
 def media_ports_check(cfg: Settings, probe: Optional[MediaProbe], engine: HostPort) -> dict:
