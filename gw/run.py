@@ -34,7 +34,17 @@ def main() -> int:
           f"pkg {size.pkg_mb} MB/process, tcp_max_connections {size.tcp_max_connections}, "
           f"open files {size.nofile}", flush=True)
     run_dir = Path(os.environ.get("GW_RUN_DIR", stack.ROOT / ".run")).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"gateway: GW_RUN_DIR={run_dir}: {exc}", file=sys.stderr)
+        return 2
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        # Kamailio would only log a warning about its pid file and exit.
+        print(f"gateway: GW_RUN_DIR={run_dir} is not writable by uid {os.getuid()}: in a container "
+              f"with a read-only root, mount a tmpfs owned by that user there "
+              f"(--tmpfs {run_dir}:uid={os.getuid()},gid={os.getgid()},mode=0750)", file=sys.stderr)
+        return 2
     started: list[stack.Daemon] = []
 
     def stop_all(*_: object) -> None:
