@@ -91,7 +91,9 @@ async def run_scenario(sc: Scenario, stack: Any, pbx: RtpPbx) -> Scenario:
 
 
 async def _run(sc: Scenario, stack: Any, pbx: RtpPbx) -> None:
-    sc.phone = WebRtcPhone(stack.ws_url, sc.dn, freq=PHONE_TONE, mdns=sc.mdns, offer_cn=sc.offer_cn)
+    # A stack may bring its own phone class (the deploy test's: WSS through nginx, with an Origin).
+    phone_cls = getattr(stack, "phone_class", WebRtcPhone)
+    sc.phone = phone_cls(stack.ws_url, sc.dn, freq=PHONE_TONE, mdns=sc.mdns, offer_cn=sc.offer_cn)
     await sc.phone.connect()
     sc.statuses["register"] = await sc.phone.register()
     assert sc.statuses["register"] == 200, f"REGISTER got {sc.statuses['register']}"
