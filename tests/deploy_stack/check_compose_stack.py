@@ -52,6 +52,7 @@ ORIGIN = "https://agents.deploytest.invalid"
 FIXED_TCP = [8443, 8080, 6379, 2225, 9090, 3478]
 FIXED_UDP = [2223, 2224, 3478]
 NG = HostPort("127.0.0.1", 2223)
+PORT_WAIT_S = 300
 WSS_URL = "wss://127.0.0.1:8443"
 FIGURES: dict[str, Any] = {}
 
@@ -126,10 +127,15 @@ def deployed(tmp_path_factory):
     services = _services()
     FIGURES["standins"] = ds.ensure_standins(services)
     sip_port, pbx_port = ds.free_port(), ds.free_port()
-    busy = ds.busy_ports(FIXED_TCP + [sip_port], FIXED_UDP + [sip_port])
-    if busy:
-        pytest.fail("ports the compose stack binds on this host are taken (stop what holds them):\n"
-                    + "\n".join(busy))
+    # compose.yaml fixes most loopback ports; on a shared box another test may
+    # hold one for a while (e.g. an rtpengine reading Debian's default config).
+    deadline = time.monotonic() + PORT_WAIT_S
+    while busy := ds.busy_ports(FIXED_TCP + [sip_port], FIXED_UDP + [sip_port]):
+        if time.monotonic() > deadline:
+            pytest.fail(f"ports the compose stack binds on this host are still taken after {PORT_WAIT_S} s "
+                        "(stop what holds them):\n" + "\n".join(busy))
+        print("waiting for ports the stack needs:", "; ".join(busy), flush=True)
+        time.sleep(5)
     workdir = tmp_path_factory.mktemp("deploy-stack")
     cert = _certificate(workdir / "certs")
     st = ds.ComposeStack(PROJECT, workdir, _env(workdir, sip_port, pbx_port))
