@@ -65,7 +65,7 @@ COPY kamailio.cfg ./
 COPY kemi/ ./kemi/
 COPY gw/ ./gw/
 COPY deploy/gateway-healthcheck.py /usr/local/bin/gateway-healthcheck
-# gwctl, the on-call tool (gw/ctl.py): docker compose exec gateway gwctl doctor
+# gwctl, the on-call tool (gw/ctl/): docker compose exec gateway gwctl doctor
 RUN printf '#!/bin/sh\nPYTHONPATH=/opt/gateway exec python3 -m gw.ctl "$@"\n' > /usr/local/bin/gwctl \
  && chmod 0755 /usr/local/bin/gwctl /usr/local/bin/gateway-healthcheck
 

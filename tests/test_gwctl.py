@@ -1,4 +1,4 @@
-"""gwctl (gw/ctl.py) against the real daemons: registrations, calls and WebSocket
+"""gwctl (gw/ctl/) against the real daemons: registrations, calls and WebSocket
 connections while calls are up, and `doctor` with each fault provoked for real:
 Redis stopped, rtpengine stopped, Kamailio stopped, no PBX listening (and one
 that never answers), rtpengine advertising loopback/private addresses while the
