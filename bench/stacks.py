@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from bench.measure import children_of, proc_cpu, tree_cpu
 from gw import stack
 from kemi import media, settings as settings_mod
 from kemi.ng import NgClient
@@ -25,56 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 NATIVE_CFG = ROOT / "bench" / "kamailio-native.cfg"
 PHONE_IP = "127.0.0.2"   # phones: not the PBX's address, so not trusted
 PBX_IP = "127.0.0.1"     # GW_PBX host: trusted to reach agents
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --------------------------------------------------------------------- /proc
-def proc_cpu(pid: int) -> float:
-    """CPU time (user + system) of a process and all its threads, seconds; 0 if it
-    is gone. From each thread's /proc/<pid>/task/<tid>/schedstat (nanoseconds: the
-    same time utime+stime counts in clock ticks); /proc/<pid>/stat where absent."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-        for tid in tids:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0.0
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def children_of(pid: int) -> list[int]:
-    """Every descendant of `pid` (Kamailio forks its workers from the main process)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in parents.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def tree_cpu(pid: int) -> float:
-    return proc_cpu(pid) + sum(proc_cpu(c) for c in children_of(pid))
 
 
 def ephemeral_range() -> tuple[int, int]:
