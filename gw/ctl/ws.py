@@ -42,4 +42,3 @@ def command(cfg: Settings, kam: Kamailio, args: argparse.Namespace, env: dict[st
     if result["note"]:
         print(f"warning: {result['note']}", file=sys.stderr)
     return 0
-

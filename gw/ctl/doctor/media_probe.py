@@ -98,6 +98,7 @@ def _plain_sdp(ip: str, port: int) -> str:
     return (f"v=0\r\no=gwctl 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n"
             f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=sendrecv\r\n")
 
+
 class _Sessions:
     """The three sample sessions on one rtpengine (outbound, inbound, plain relay),
     each command exactly what kemi/app.py hands rtpengine: the gateway's flags, and
@@ -210,6 +211,7 @@ def _send_probes(probe: MediaProbe, socks: list[socket.socket], ufrag: str, to_a
     probe.relay_ports = (to_a_port, to_b_port)
     probe.relayed["b->a"] = _relay_once(sock_b, sock_a, (probe.bound, to_b_port), timeout)
     probe.relayed["a->b"] = _relay_once(sock_a, sock_b, (probe.bound, to_a_port), timeout)
+
 
 def _relay_once(src: socket.socket, dst: socket.socket, to: tuple[str, int], timeout: float) -> bool:
     """Send RTP from src to rtpengine at `to`; did dst receive it back from rtpengine?"""
