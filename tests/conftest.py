@@ -3,7 +3,6 @@ free loopback ports, exactly as `make run` does (gw/stack.py), wait for each by
 protocol, and print each daemon's log when a test fails."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -18,8 +17,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from gw import stack  # noqa: E402
-from kemi import settings as settings_mod  # noqa: E402
-from kemi.ng import NgClient  # noqa: E402
 from kemi.settings import HostPort  # noqa: E402
 
 ARTIFACTS = ROOT / "tests" / "_artifacts"
@@ -34,15 +31,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 @dataclass
-class Stack:
-    """The running gateway under test and how to reach its parts."""
+class Stack(stack.Gateway):
+    """The running gateway under test and how to reach its parts (gw/stack.py's
+    Gateway: env, cfg, run_dir, redis, rtpengine, kamailio; sip, ng(), redis_client(),
+    daemons())."""
 
-    env: dict[str, str]
-    cfg: settings_mod.Settings
-    run_dir: Path
-    redis: stack.Daemon
-    rtpengine: stack.Daemon
-    kamailio: stack.Daemon
     pbx: HostPort           # where the PBX emulator (SIPp) must listen
     media_ports: tuple[int, int]
 
@@ -50,22 +43,8 @@ class Stack:
     def ws_url(self) -> str:
         return f"ws://{self.cfg.ws_listen}"
 
-    @property
-    def sip(self) -> HostPort:
-        return self.cfg.sip_listen
-
-    def ng(self) -> NgClient:
-        return NgClient(self.cfg.rtpengines[0].host, self.cfg.rtpengines[0].port, 1.0)
-
-    def redis_client(self):
-        import redis
-        return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
-
     def ctl(self) -> str:
         return f"unix:{self.run_dir}/kamailio_ctl"
-
-    def daemons(self) -> list[stack.Daemon]:
-        return [self.redis, self.rtpengine, self.kamailio]
 
     def kamailio_log(self) -> str:
         return self.kamailio.log_text()
@@ -75,56 +54,16 @@ class Stack:
 
 
 def _start_stack(base: Path, extra_env: dict[str, str] | None = None) -> Stack:
-    base.mkdir(parents=True, exist_ok=True)
     host = "127.0.0.1"
-    redis_port = stack.free_port(host, kind=stack.socket.SOCK_STREAM)
-    ng_port = stack.free_port(host)
-    sip_port = stack.free_port(host)
-    ws_port = stack.free_port(host, kind=stack.socket.SOCK_STREAM)
-    pbx_port = stack.free_port(host)
     # A media range of our own so parallel runs never collide.
-    low, _ = stack.free_port_range(100, host)
-    env = dict(os.environ)
-    env.update({
-        "GW_WS_LISTEN": f"{host}:{ws_port}",
-        "GW_SIP_LISTEN": f"{host}:{sip_port}",
-        "GW_PBX": f"{host}:{pbx_port}",
-        "GW_REDIS_URL": f"redis://{host}:{redis_port}/0",
-        "GW_RTPENGINE": f"udp:{host}:{ng_port}",
-        "GW_MEDIA_IP": host,
-        "GW_MEDIA_PORTS": f"{low}-{low + 99}",
-    })
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(base / "metrics")
-    env.update(extra_env or {})
-    cfg = settings_mod.load(env)
-    (base / "redis").mkdir(exist_ok=True)
-    redis_addr = stack.redis_addr(cfg.redis_url)
-    redis = stack.Daemon("redis-server", stack.redis_argv(redis_addr, base / "redis"),
-                         base / "redis.log").start()
-    started = [redis]
-    try:
-        stack.wait_for(lambda: stack.redis_ping(redis_addr.host, redis_addr.port), 10, "redis", redis)
-        rtp = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, cfg.rtpengines[0], log_level=6),
-                           base / "rtpengine.log").start()
-        started.append(rtp)
-        stack.wait_for(lambda: stack.ng_ping(cfg.rtpengines[0]), 10, "rtpengine", rtp)
-        kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, base, children=2),
-                           base / "kamailio.log", env=env).start()
-        started.append(kam)
-        stack.wait_for(lambda: (stack.sip_options(host, sip_port) or "").startswith("SIP/2.0 200"),
-                       20, "kamailio", kam)
-    except Exception:
-        for d in reversed(started):
-            d.stop()
-        for d in started:
-            print(f"----- {d.name} log -----\n{d.log_text()[-5000:]}")
-        raise
-    return Stack(env, cfg, base, redis, rtp, kam, HostPort(host, pbx_port), (low, low + 99))
+    media_ports = stack.free_port_range(100, host)
+    env = stack.gateway_env(base, media_ports, host=host, extra=extra_env)
+    g = stack.start_gateway(base, env)
+    return Stack(**vars(g), pbx=g.cfg.pbx, media_ports=g.cfg.media_ports)
 
 
 def _stop_stack(s: Stack) -> None:
-    for d in reversed(s.daemons()):
-        d.stop()
+    stack.stop_all(s.daemons())
 
 
 @pytest.fixture(scope="session")

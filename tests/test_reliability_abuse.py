@@ -240,4 +240,4 @@ def test_pbx_allow_list_reaches_agents(tmp_path):
         stranger.close()
         second_pbx.close()
         pbx.close()
-        relstack.stop_all(s.daemons())
+        stack.stop_all(s.daemons())

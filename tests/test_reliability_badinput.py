@@ -238,4 +238,4 @@ def test_websocket_origin_not_allowed(tmp_path):
         assert s.rtpengine_sessions() == 0
     finally:
         pbx.close()
-        relstack.stop_all(s.daemons())
+        stack.stop_all(s.daemons())

@@ -29,10 +29,11 @@ def test_rtpengine_failover_then_503_and_no_leaks(tmp_path):
     env = relstack.base_env(tmp_path, rtpengines=ng)
     cfg = settings_mod.load(env)
     assert len(cfg.rtpengines) == 2
-    redis = relstack.start_redis(stack.redis_addr(cfg.redis_url), tmp_path)
-    rtp = [relstack.start_rtpengine(cfg, ng[i], relstack.media_range(i + 1), tmp_path, f"rtpengine-{i}")
+    redis = stack.start_redis(stack.redis_addr(cfg.redis_url), tmp_path / "redis", tmp_path / "redis.log")
+    rtp = [stack.start_rtpengine(cfg, ng[i], tmp_path / f"rtpengine-{i}.log", ports=relstack.media_range(i + 1),
+                                 name=f"rtpengine-{i}")
            for i in range(2)]
-    kam = relstack.start_kamailio(cfg, env, tmp_path / "kam")
+    kam = stack.start_kamailio(cfg, env, tmp_path / "kam", tmp_path / "kam" / "kamailio.log")
     daemons = [redis, *rtp, kam]
     pbx = FakePbx(cfg.pbx.host, cfg.pbx.port)
     phones = [WsPhone(f"ws://{cfg.ws_listen}", f"12{i:02d}") for i in range(3)]
@@ -87,7 +88,7 @@ def test_rtpengine_failover_then_503_and_no_leaks(tmp_path):
         for p in phones:
             p.close()
         pbx.close()
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
 
 
 def test_redis_restart_reconnects_and_keeps_bindings(fresh_gw):

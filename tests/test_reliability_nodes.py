@@ -33,24 +33,25 @@ def two_nodes(tmp_path):
     daemons: list[stack.Daemon] = []
     nodes = {}
     try:
-        daemons.append(relstack.start_redis(stack.redis_addr(redis_url), tmp_path))
+        daemons.append(stack.start_redis(stack.redis_addr(redis_url), tmp_path / "redis", tmp_path / "redis.log"))
         for i, (name, ip) in enumerate(NODE_IP.items()):
             other = NODE_IP["B" if name == "A" else "A"]
             ng = HostPort(HOST, stack.free_port(HOST))
             base = tmp_path / f"node-{name}"
             base.mkdir()
-            env = relstack.base_env(base, host=ip, pbx=pbx, redis_url=redis_url, rtpengines=[ng],
+            env = relstack.base_env(base, listen=ip, pbx=pbx, redis_url=redis_url, rtpengines=[ng],
                                     extra={"GW_PBX_ALLOW": other})
             cfg = settings_mod.load(env)
-            rtp = relstack.start_rtpengine(cfg, ng, relstack.media_range(i + 3), base, f"rtpengine-{name}")
+            rtp = stack.start_rtpengine(cfg, ng, base / f"rtpengine-{name}.log", ports=relstack.media_range(i + 3),
+                                        name=f"rtpengine-{name}")
             daemons.append(rtp)
-            kam = relstack.start_kamailio(cfg, env, base, f"kamailio-{name}")
+            kam = stack.start_kamailio(cfg, env, base, base / "kamailio.log", name=f"kamailio-{name}")
             daemons.append(kam)
             nodes[name] = {"cfg": cfg, "kam": kam, "rtp": rtp, "ng": ng,
                            "sip": (cfg.sip_listen.host, cfg.sip_listen.port), "ws": f"ws://{cfg.ws_listen}"}
         yield nodes, pbx, redis_url
     finally:
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
 
 
 def _redis(url):

@@ -30,8 +30,8 @@ def test_sentinel_failover_keeps_registrations(tmp_path):
         ng = HostPort(HOST, stack.free_port(HOST))
         env = relstack.base_env(tmp_path, redis_url=ss.url, rtpengines=[ng])
         cfg = settings_mod.load(env)
-        daemons.append(relstack.start_rtpengine(cfg, ng, relstack.media_range(5), tmp_path))
-        kam = relstack.start_kamailio(cfg, env, tmp_path / "kam")
+        daemons.append(stack.start_rtpengine(cfg, ng, tmp_path / "rtpengine.log", ports=relstack.media_range(5)))
+        kam = stack.start_kamailio(cfg, env, tmp_path / "kam", tmp_path / "kam" / "kamailio.log")
         daemons.append(kam)
         pbx = FakePbx(cfg.pbx.host, cfg.pbx.port)
         gw_addr = (cfg.sip_listen.host, cfg.sip_listen.port)
@@ -83,5 +83,5 @@ def test_sentinel_failover_keeps_registrations(tmp_path):
             p.close()
         if pbx is not None:
             pbx.close()
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
         ss.stop()

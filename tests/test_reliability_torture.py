@@ -108,7 +108,7 @@ def ns_gateway(request, tmp_path):
         try:
             yield request.param, ns, s
         finally:
-            relstack.stop_all(s.daemons())
+            stack.stop_all(s.daemons())
     finally:
         ns.delete()
 
