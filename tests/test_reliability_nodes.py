@@ -20,7 +20,7 @@ from kemi import settings as settings_mod
 from kemi.settings import HostPort
 from support import callcheck, relstack
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 HOST = relstack.HOST
 NODE_IP = {"A": "127.0.0.21", "B": "127.0.0.22"}
@@ -67,8 +67,8 @@ def _bindings(url) -> dict[str, str]:
 def test_two_nodes_share_redis_and_relay(two_nodes):
     nodes, pbx_addr, redis_url = two_nodes
     pbx = FakePbx(pbx_addr.host, pbx_addr.port)
-    on_a = WsPhone(nodes["A"]["ws"], "1501")
-    on_b = WsPhone(nodes["B"]["ws"], "1502")
+    on_a = BlockingPhone(nodes["A"]["ws"], "1501")
+    on_b = BlockingPhone(nodes["B"]["ws"], "1502")
     try:
         assert on_a.register().status == 200 and on_b.register().status == 200
         assert _bindings(redis_url) == {"gw:reg:1501": str(nodes["A"]["cfg"].sip_listen),
@@ -101,7 +101,7 @@ def test_two_nodes_share_redis_and_relay(two_nodes):
         assert callcheck.inbound(pbx, nodes["A"]["sip"], on_a) == "ok"
         # B's phone reconnects to A (its WebSocket URL fails over) and re-registers.
         on_b.close()
-        on_b = WsPhone(nodes["A"]["ws"], "1502")
+        on_b = BlockingPhone(nodes["A"]["ws"], "1502")
         assert on_b.register().status == 200
         after = _bindings(redis_url)
         assert set(after) == set(before) and after["gw:reg:1502"] == str(nodes["A"]["cfg"].sip_listen)

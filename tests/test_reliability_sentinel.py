@@ -14,7 +14,7 @@ from kemi import settings as settings_mod
 from kemi.settings import HostPort
 from support import callcheck, relstack
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 HOST = relstack.HOST
 
@@ -22,7 +22,7 @@ HOST = relstack.HOST
 def test_sentinel_failover_keeps_registrations(tmp_path):
     ss = relstack.start_sentinel_set(tmp_path / "redis")
     daemons: list[stack.Daemon] = []
-    phones: list[WsPhone] = []
+    phones: list[BlockingPhone] = []
     pbx = None
     try:
         primary, replica = list(ss.redis)
@@ -37,7 +37,7 @@ def test_sentinel_failover_keeps_registrations(tmp_path):
         gw_addr = (cfg.sip_listen.host, cfg.sip_listen.port)
         ws_url = f"ws://{cfg.ws_listen}"
         users = [f"16{i:02d}" for i in range(5)]
-        phones = [WsPhone(ws_url, u) for u in users]
+        phones = [BlockingPhone(ws_url, u) for u in users]
         for p in phones:
             assert p.register().status == 200
         # Written through Sentinel to the primary, replicated to the replica.
