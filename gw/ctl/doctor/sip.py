@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 import secrets
 import socket
-import time
 from typing import Optional
+
+from gw.ctl.doctor import udp
 
 
 def sip_options(host: str, port: int, timeout: float = 2.0) -> tuple[Optional[str], str]:
@@ -27,26 +28,20 @@ def sip_options(host: str, port: int, timeout: float = 2.0) -> tuple[Optional[st
                f"Max-Forwards: 70\r\nFrom: <sip:gwctl@{via_host}>;tag={secrets.token_hex(4)}\r\n"
                f"To: <sip:{target}:{port}>\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\n"
                "User-Agent: gwctl\r\nAccept: application/sdp\r\nContent-Length: 0\r\n\r\n").encode()
-        deadline = time.monotonic() + timeout
-        resend = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return None, f"no answer within {timeout:g}s"
-            try:
-                if now >= resend:            # UDP: send again every 0.5 s (RFC 3261 T1)
-                    s.send(msg)
-                    resend = now + 0.5
-                s.settimeout(max(min(resend, deadline) - now, 0.01))
-                data = s.recv(65535)
-            except socket.timeout:
-                continue
-            except ConnectionRefusedError:
-                return None, "ICMP port unreachable: nothing listens on that UDP port"
-            except OSError as exc:
-                return None, str(exc)
+
+        def final(data: bytes) -> Optional[str]:
             text = data.decode("utf-8", "replace")
             first = text.split("\r\n", 1)[0]
             m = re.match(r"^SIP/2\.0 (\d{3})", first)
-            if m and call_id in text and int(m.group(1)) >= 200:
-                return first, ""
+            return first if m and call_id in text and int(m.group(1)) >= 200 else None
+
+        try:
+            # UDP: send again every 0.5 s (RFC 3261 T1)
+            status = udp.request(s, lambda: s.send(msg), final, timeout, every=0.5)
+        except ConnectionRefusedError:
+            return None, "ICMP port unreachable: nothing listens on that UDP port"
+        except OSError as exc:
+            return None, str(exc)
+    if status is None:
+        return None, f"no answer within {timeout:g}s"
+    return status, ""

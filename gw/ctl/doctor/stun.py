@@ -8,7 +8,9 @@ import hmac
 import os
 import socket
 import struct
-import time
+from typing import Optional
+
+from gw.ctl.doctor import udp
 
 _STUN_MAGIC = 0x2112A442
 
@@ -35,21 +37,13 @@ def stun_binding(ufrag_remote: str, ufrag_local: str, pwd_remote: str) -> tuple[
 def stun_exchange(sock: socket.socket, addr: tuple[str, int], packet: bytes, txid: bytes,
                   timeout: float) -> str:
     """'success' / 'error NNN' for the STUN response with our txid, or '' if none came."""
-    deadline = time.monotonic() + timeout
-    next_send = 0.0
-    while time.monotonic() < deadline:
-        now = time.monotonic()
-        try:
-            if now >= next_send:
-                sock.sendto(packet, addr)
-                next_send = now + 0.25
-            sock.settimeout(max(min(next_send, deadline) - now, 0.01))
-            data = sock.recv(2048)
-        except socket.timeout:
-            continue
-        except OSError:
-            return ""
+    def response(data: bytes) -> Optional[str]:
         if len(data) >= 20 and data[8:20] == txid:
             mtype = struct.unpack("!H", data[:2])[0]
             return "success" if mtype == 0x0101 else f"error response {mtype:#06x}"
-    return ""
+        return None
+
+    try:
+        return udp.request(sock, lambda: sock.sendto(packet, addr), response, timeout, every=0.25) or ""
+    except OSError:
+        return ""
