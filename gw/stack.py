@@ -52,6 +52,16 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
     raise StartError("no free port")
 
 
+def udp_port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a UDP socket bind host:port right now?"""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
+
+
 def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
     """`count` consecutive UDP ports free right now on `host`, below the kernel's
     ephemeral range (so no outgoing socket takes one meanwhile)."""

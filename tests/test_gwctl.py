@@ -67,12 +67,7 @@ def pbx_answering(gw) -> SippRun:
 
 
 def port_taken(port: int) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", port))
-        return False
-    except OSError:
-        return True
+    return not stack.udp_port_free(port)
 
 
 def wait_listening(port: int, timeout: float = 5) -> None:

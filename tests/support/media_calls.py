@@ -167,24 +167,17 @@ def hold_resume(who: str, style: str = "sendonly", talk: float = 3.0, held: floa
 
     async def script(sc: Scenario) -> None:
         await asyncio.sleep(talk)
-        sc.mark("hold")
-        if who == "pbx":
-            sc.statuses["hold"] = await asyncio.to_thread(sc.leg.reinvite, style)
-        else:
-            sc.statuses["hold"] = await sc.call.hold()
-        sc.mark("held")
-        sc.notes["held_sdp_to_phone"] = sc.call.sdps_in[-1].direction
-        sc.notes["held_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
-        await asyncio.sleep(held)
-        sc.mark("resume")
-        if who == "pbx":
-            sc.statuses["resume"] = await asyncio.to_thread(sc.leg.reinvite, "sendrecv")
-        else:
-            sc.statuses["resume"] = await sc.call.resume()
-        sc.mark("resumed")
-        sc.notes["resumed_sdp_to_phone"] = sc.call.sdps_in[-1].direction
-        sc.notes["resumed_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
-        await asyncio.sleep(after)
+        for step, done, direction, then in (("hold", "held", style, held),
+                                            ("resume", "resumed", "sendrecv", after)):
+            sc.mark(step)
+            if who == "pbx":
+                sc.statuses[step] = await asyncio.to_thread(sc.leg.reinvite, direction)
+            else:
+                sc.statuses[step] = await (sc.call.hold() if step == "hold" else sc.call.resume())
+            sc.mark(done)
+            sc.notes[f"{done}_sdp_to_phone"] = sc.call.sdps_in[-1].direction
+            sc.notes[f"{done}_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
+            await asyncio.sleep(then)
 
     return script
 
