@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from gw import stack
 from kemi import settings as settings_mod
@@ -18,21 +19,9 @@ from kemi import sizing
 
 
 def main() -> int:
-    try:
-        cfg = settings_mod.load()
-    except settings_mod.SettingsError as exc:
-        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+    cfg = _settings()
+    if cfg is None:
         return 2
-    try:
-        for warning in stack.raise_nofile(cfg):
-            print(f"gateway: warning: {warning}", file=sys.stderr)
-    except sizing.SizingError as exc:
-        print(f"gateway: configuration error: {exc}", file=sys.stderr)
-        return 2
-    size = cfg.sizing
-    print(f"gateway: sized for GW_MAX_AGENTS={size.max_agents}: shm {size.shm_mb} MB, "
-          f"pkg {size.pkg_mb} MB/process, tcp_max_connections {size.tcp_max_connections}, "
-          f"open files {size.nofile}", flush=True)
     run_dir = Path(os.environ.get("GW_RUN_DIR", stack.ROOT / ".run")).resolve()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -47,43 +36,14 @@ def main() -> int:
         return 2
     started: list[stack.Daemon] = []
 
-    def stop_all(*_: object) -> None:
-        for daemon in reversed(started):
-            daemon.stop()
-        started.clear()
-
     def on_signal(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        redis = stack.redis_addr(cfg.redis_url)
-        if cfg.redis_url.startswith("redis://") and not stack.redis_ping(redis.host, redis.port):
-            if not stack.is_local(redis.host):
-                raise stack.StartError(f"GW_REDIS_URL: no Redis answers at {redis}")
-            data = run_dir / "redis"
-            data.mkdir(exist_ok=True)
-            d = stack.Daemon("redis-server", stack.redis_argv(redis, data)).start()
-            started.append(d)
-            stack.wait_for(lambda: stack.redis_ping(redis.host, redis.port), 10, "redis", d)
-            print(f"gateway: started redis-server on {redis} (pid {d.pid})", flush=True)
-        for ng in cfg.rtpengines:
-            if stack.ng_ping(ng):
-                continue
-            if not stack.is_local(ng.host):
-                print(f"gateway: warning: rtpengine {ng} does not answer", file=sys.stderr)
-                continue
-            d = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, ng)).start()
-            started.append(d)
-            stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", d)
-            print(f"gateway: started rtpengine ng={ng} media={cfg.media_ip} (pid {d.pid})", flush=True)
-        # Each worker's metric files live here; Kamailio's main process empties it at start.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
-        kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, run_dir)).start()
-        started.append(kam)
-        host, port = cfg.sip_listen.host, cfg.sip_listen.port
-        stack.wait_for(lambda: (stack.sip_options(host, port) or "").startswith("SIP/2.0 200"),
-                       20, "kamailio", kam)
+        _start_redis(cfg, run_dir, started)
+        _start_rtpengines(cfg, started)
+        _start_kamailio(cfg, run_dir, started)
         print(f"gateway: ready: SIP {cfg.sip_listen} (udp/tcp), WebSocket ws://{cfg.ws_listen}, "
               f"PBX {cfg.pbx}", flush=True)
         while all(not d.exited() for d in started):
@@ -98,7 +58,68 @@ def main() -> int:
         print("gateway: stopping", file=sys.stderr)
         return 0
     finally:
-        stop_all()
+        for daemon in reversed(started):
+            daemon.stop()
+
+
+def _settings() -> Optional[settings_mod.Settings]:
+    """The GW_* settings, and this process's open-files limit raised for the daemons
+    it starts; None (after saying why) when they do not hold."""
+    try:
+        cfg = settings_mod.load()
+    except settings_mod.SettingsError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return None
+    try:
+        for warning in stack.raise_nofile(cfg):
+            print(f"gateway: warning: {warning}", file=sys.stderr)
+    except sizing.SizingError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return None
+    size = cfg.sizing
+    print(f"gateway: sized for GW_MAX_AGENTS={size.max_agents}: shm {size.shm_mb} MB, "
+          f"pkg {size.pkg_mb} MB/process, tcp_max_connections {size.tcp_max_connections}, "
+          f"open files {size.nofile}", flush=True)
+    return cfg
+
+
+def _start_redis(cfg: settings_mod.Settings, run_dir: Path, started: list[stack.Daemon]) -> None:
+    """A local redis-server, unless one answers at GW_REDIS_URL already."""
+    redis = stack.redis_addr(cfg.redis_url)
+    if not cfg.redis_url.startswith("redis://") or stack.redis_ping(redis.host, redis.port):
+        return
+    if not stack.is_local(redis.host):
+        raise stack.StartError(f"GW_REDIS_URL: no Redis answers at {redis}")
+    data = run_dir / "redis"
+    data.mkdir(exist_ok=True)
+    d = stack.Daemon("redis-server", stack.redis_argv(redis, data)).start()
+    started.append(d)
+    stack.wait_for(lambda: stack.redis_ping(redis.host, redis.port), 10, "redis", d)
+    print(f"gateway: started redis-server on {redis} (pid {d.pid})", flush=True)
+
+
+def _start_rtpengines(cfg: settings_mod.Settings, started: list[stack.Daemon]) -> None:
+    """A local rtpengine for each GW_RTPENGINE on this host that does not answer."""
+    for ng in cfg.rtpengines:
+        if stack.ng_ping(ng):
+            continue
+        if not stack.is_local(ng.host):
+            print(f"gateway: warning: rtpengine {ng} does not answer", file=sys.stderr)
+            continue
+        d = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, ng)).start()
+        started.append(d)
+        stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", d)
+        print(f"gateway: started rtpengine ng={ng} media={cfg.media_ip} (pid {d.pid})", flush=True)
+
+
+def _start_kamailio(cfg: settings_mod.Settings, run_dir: Path, started: list[stack.Daemon]) -> None:
+    # Each worker's metric files live here; Kamailio's main process empties it at start.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(run_dir / "metrics")
+    kam = stack.Daemon("kamailio", stack.kamailio_argv(cfg, run_dir)).start()
+    started.append(kam)
+    host, port = cfg.sip_listen.host, cfg.sip_listen.port
+    stack.wait_for(lambda: (stack.sip_options(host, port) or "").startswith("SIP/2.0 200"),
+                   20, "kamailio", kam)
 
 
 if __name__ == "__main__":
