@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from gw import stack  # noqa: E402
 from kemi.settings import HostPort  # noqa: E402
+from support.waits import wait_until  # noqa: E402,F401 (the tests import it from here)
 
 ARTIFACTS = ROOT / "tests" / "_artifacts"
 REQUIRED = ("kamailio", "rtpengine", "redis-server", "sipp")
@@ -96,17 +96,6 @@ def agent_install():
     print(f"agent wheel {inst.wheel.name}: built in {inst.build_seconds}s, "
           f"installed in {inst.install_seconds}s")
     return inst
-
-
-def wait_until(check, timeout: float = 5.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from support.rtp_pbx import MediaPlan, PbxLeg, RtpPbx
 from support.rtpaudio import Flow, flow
+from support.waits import wait_until
 from support.webrtc_phone import PhoneCall, WebRtcPhone
 
 PHONE_TONE = 1000.0
@@ -65,14 +66,9 @@ class Scenario:
 
 
 async def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    """wait_until in a worker thread: the event loop goes on carrying the call meanwhile
+    (the checks only read state)."""
+    return await asyncio.to_thread(wait_until, check, timeout, what)
 
 
 async def run_scenario(sc: Scenario, stack: Any, pbx: RtpPbx) -> Scenario:
