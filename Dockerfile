@@ -1,21 +1,42 @@
-# syntax=docker/dockerfile:1
 # WebRTC<->SIP gateway: Kamailio 5.6 + KEMI (Python) app. rtpengine, Redis,
 # nginx (WSS), coturn and the PBX run as separate services (deploy/compose.yaml).
 #
-#   docker build -t webrtc-sip-gateway .
+#   docker build -t webrtc-sip-gateway .     # with an image registry and PyPI
+#   make image                               # without either (README: Production)
 #   docker run --network host --env-file deploy/.env webrtc-sip-gateway
+#
+# No `# syntax=` line and no BuildKit-only flags: the classic builder (Debian's
+# docker.io, no buildx) and an offline BuildKit both build this file as it is.
 
 # --- Python packages Debian does not ship (pyproject.toml dependencies) -------
+# Hash-pinned in deploy/requirements.txt. `make image` fills deploy/wheelhouse on
+# the host (no PyPI inside a build there); when it is empty, pip downloads the
+# same pinned files here.
 FROM debian:12-slim AS pydeps
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-pip \
  && rm -rf /var/lib/apt/lists/*
-RUN pip3 install --no-cache-dir --no-deps --target /opt/pydeps "bencode.py==4.1.0"
+COPY deploy/requirements.txt /tmp/requirements.txt
+COPY deploy/wheelhouse/ /tmp/wheelhouse/
+RUN if ! ls /tmp/wheelhouse/*.whl >/dev/null 2>&1; then \
+      pip3 download --no-cache-dir --no-deps --only-binary=:all: --require-hashes \
+        -r /tmp/requirements.txt -d /tmp/wheelhouse; \
+    fi \
+ && pip3 install --no-cache-dir --no-index --find-links /tmp/wheelhouse --no-deps \
+      --only-binary=:all: --require-hashes --target /opt/pydeps -r /tmp/requirements.txt
 
 # --- runtime -------------------------------------------------------------------
 FROM debian:12-slim
 ARG DEBIAN_FRONTEND=noninteractive
+# The gateway's user, with fixed ids made before the kamailio package (whose
+# postinst keeps an existing system user): compose mounts the tmpfs
+# /run/gateway owned by these ids (Docker gives a tmpfs root ownership).
+ARG GW_UID=999
+ARG GW_GID=999
+RUN groupadd --system --gid "${GW_GID}" kamailio \
+ && useradd --system --uid "${GW_UID}" --gid kamailio --home-dir /run/kamailio \
+      --shell /usr/sbin/nologin --comment "Kamailio SIP Server" kamailio
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       kamailio \
@@ -29,25 +50,24 @@ RUN apt-get update \
       python3-redis \
       python3-prometheus-client \
       ca-certificates \
+      netbase \
  && rm -rf /var/lib/apt/lists/*
 
 # Debian's python3 (the interpreter Kamailio's app_python3 embeds) searches
 # /usr/local/lib/python3.11/dist-packages.
 COPY --from=pydeps /opt/pydeps/ /usr/local/lib/python3.11/dist-packages/
 
-# The kamailio package's postinst creates the system user; make sure it exists.
-RUN id kamailio >/dev/null 2>&1 \
-    || useradd --system --user-group --home-dir /run/kamailio --shell /usr/sbin/nologin kamailio \
+RUN test "$(id -u kamailio):$(id -g kamailio)" = "${GW_UID}:${GW_GID}" \
  && install -d -o kamailio -g kamailio -m 0750 /run/gateway /run/kamailio
 
 WORKDIR /opt/gateway
 COPY kamailio.cfg ./
 COPY kemi/ ./kemi/
 COPY gw/ ./gw/
-COPY --chmod=0755 deploy/gateway-healthcheck.py /usr/local/bin/gateway-healthcheck
-# gwctl, the on-call tool (gw/ctl.py): docker compose exec gateway gwctl doctor
+COPY deploy/gateway-healthcheck.py /usr/local/bin/gateway-healthcheck
+# gwctl, the on-call tool (gw/ctl/): docker compose exec gateway gwctl doctor
 RUN printf '#!/bin/sh\nPYTHONPATH=/opt/gateway exec python3 -m gw.ctl "$@"\n' > /usr/local/bin/gwctl \
- && chmod 0755 /usr/local/bin/gwctl
+ && chmod 0755 /usr/local/bin/gwctl /usr/local/bin/gateway-healthcheck
 
 # Fail the build, not the first call, when an import is missing.
 RUN python3 -c "import bencode, redis, prometheus_client, kemi.turn, kemi.settings, gw.run, gw.ctl"

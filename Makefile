@@ -2,7 +2,7 @@
 # Both install what is missing first (scripts/install-deps.sh).
 PY := .venv/bin/python
 
-.PHONY: run test unit deps bench-deps agent agent-package bench clean
+.PHONY: run test unit deps bench-deps agent agent-package bench image deploy-test clean
 
 deps:
 	@scripts/install-deps.sh
@@ -34,6 +34,18 @@ unit: deps
 # BENCH_QUICK=1 for a ~3 minute run. Writes bench/RESULTS.md.
 bench: bench-deps
 	$(PY) -m bench
+
+# The production images without an image registry or PyPI in the build (README:
+# Production): webrtc-sip-gateway:latest and webrtc-sip-gateway-rtpengine:latest.
+image: deps
+	@scripts/install-docker.sh
+	@scripts/build-images.sh
+
+# deploy/compose.yaml brought up for real and checked (not part of make test;
+# README says when to run it). Logs and figures: tests/_artifacts/deploy-stack/.
+deploy-test: image
+	$(PY) -m pytest -v -p no:cacheprovider tests/deploy_stack/check_image_run.py \
+	  tests/deploy_stack/check_compose_stack.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf .run tests/_artifacts .pytest_cache dist

@@ -257,7 +257,7 @@ def _storm_rate(r: ConnResult) -> str:
 
 
 def markdown(r: ConnResult, concurrency: int) -> list[str]:
-    from bench.run import table_md  # noqa: PLC0415 - the report's own table style
+    from bench.report import table_md  # noqa: PLC0415 - the report's own table style
     md = ["## Connections: one node full of agents (issue 19)", "",
           table_md(["metric", "measured", "target", "met"], rows(r)), "",
           f"{r.agents:,} agents, each on its own WebSocket, {concurrency} connecting at a time, 500 per "
@@ -295,7 +295,7 @@ def main() -> int:
         r = run(base / "kemi", rtp, ng, media_ports, **opts)
     finally:
         rtp.stop()
-    from bench.run import table_text  # noqa: PLC0415
+    from bench.report import table_text  # noqa: PLC0415
     print(table_text(["metric", "measured", "target", "met"], rows(r)))
     return 0
 

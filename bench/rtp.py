@@ -5,9 +5,9 @@ counted in Python.
 Sessions are set up over ng exactly as the gateway's Kamailio module would for a
 plain SIP phone calling the PBX: `offer`/`answer` with the flag strings of
 kemi/media.py (converted to ng dictionary keys the way Kamailio's rtpengine
-module does), so the relay path is the one calls take. Each call has two legs
-(sockets on 127.0.0.2); every leg sends to rtpengine and receives what the other
-leg sent. Loss = 1 - received / sent, counted after a drain period.
+module does, by kemi.media.ng_params), so the relay path is the one calls take.
+Each call has two legs (sockets on 127.0.0.2); every leg sends to rtpengine and
+receives what the other leg sent. Loss = 1 - received / sent, counted after a drain period.
 """
 from __future__ import annotations
 
@@ -30,42 +30,6 @@ PAYLOAD = 160            # 20 ms of PCMU
 RCVBUF = 512 * 1024
 
 
-def flags_to_ng(flags: str) -> dict[str, Any]:
-    """A Kamailio rtpengine-module flag string as the ng dictionary it sends."""
-    out: dict[str, Any] = {}
-
-    def add(key: str, value: str) -> None:
-        out.setdefault(key, [])
-        if value not in out[key]:
-            out[key].append(value)
-
-    for tok in flags.split():
-        if tok.startswith("replace-"):
-            add("replace", tok[len("replace-"):])
-        elif tok in ("RTP/AVP", "RTP/SAVP", "RTP/AVPF", "RTP/SAVPF", "UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF"):
-            out["transport-protocol"] = tok
-        elif tok.startswith("SDES-"):
-            add("SDES", tok[len("SDES-"):])
-        elif tok.startswith("rtcp-mux-"):
-            add("rtcp-mux", tok[len("rtcp-mux-"):])
-        elif tok.startswith("codec-") and "=" in tok:
-            what, _, codec = tok[len("codec-"):].partition("=")
-            out.setdefault("codec", {}).setdefault(what, []).append(codec)
-        elif "=" in tok:
-            key, _, value = tok.partition("=")
-            out[key] = value
-        else:
-            add("flags", tok)
-    return out
-
-
-def ng_flags(flags: "media.Flags") -> dict[str, Any]:
-    """kemi.media.ng_params when the product has it, else our own conversion."""
-    if hasattr(media, "ng_params"):
-        return dict(media.ng_params(flags))
-    return flags_to_ng(str(flags))
-
-
 def sdp(ip: str, port: int, version: int = 1) -> str:
     return ("v=0\r\n"
             f"o=- {version} {version} IN IP4 {ip}\r\n"
@@ -78,7 +42,7 @@ def sdp(ip: str, port: int, version: int = 1) -> str:
             "a=sendrecv\r\n")
 
 
-def _media_addr(text: str) -> tuple[str, int]:
+def media_addr(text: str) -> tuple[str, int]:
     conn = re.search(r"^c=IN IP4 (\S+)", text, re.M)
     port = re.search(r"^m=audio (\d+)", text, re.M)
     if not conn or not port:
@@ -106,14 +70,32 @@ class MediaResult:
         return max(self.sent - self.received, 0)
 
 
+def _receive(ep: select.epoll, by_fd: dict, buf: bytearray, timeout: float) -> int:
+    """Read what arrives within one epoll wait; each packet counts once per leg, by
+    RTP sequence number (a duplicate or a stray datagram is not a received packet)."""
+    received = 0
+    for fd, _ in ep.poll(timeout):
+        s, seen = by_fd[fd]
+        while True:
+            try:
+                if s.recv_into(buf) < 12:
+                    continue
+            except (BlockingIOError, ConnectionRefusedError):
+                break
+            q = (buf[2] << 8) | buf[3]
+            if q < len(seen) and not seen[q]:
+                seen[q] = 1
+                received += 1
+    return received
+
+
 def _worker(legs: list[tuple[socket.socket, socket.socket]], seconds: float, t_start: float,
             conn: Any) -> None:
     """Send on every leg each 20 ms, receive on all of them in between."""
     assert seconds / PTIME < 65000, "RTP sequence numbers would wrap"
     socks = [s for pair in legs for s in pair]
     ep = select.epoll()
-    # Each packet counts once per receiving leg, by RTP sequence number (a
-    # duplicate or a stray datagram is not a received packet).
+    # One byte per RTP sequence number and receiving leg (_receive).
     ticks = int(seconds / PTIME) + 2
     by_fd = {}
     for s in socks:
@@ -144,35 +126,13 @@ def _worker(legs: list[tuple[socket.socket, socket.socket]], seconds: float, t_s
                     pass
             t_next += PTIME
             continue
-        for fd, _ in ep.poll(t_next - now):
-            s, seen = by_fd[fd]
-            while True:
-                try:
-                    if s.recv_into(buf) < 12:
-                        continue
-                except (BlockingIOError, ConnectionRefusedError):
-                    break
-                q = (buf[2] << 8) | buf[3]
-                if q < len(seen) and not seen[q]:
-                    seen[q] = 1
-                    received += 1
+        received += _receive(ep, by_fd, buf, t_next - now)
     drain_end = time.monotonic() + 0.5
     while True:
         left = drain_end - time.monotonic()
         if left <= 0:
             break
-        for fd, _ in ep.poll(left):
-            s, seen = by_fd[fd]
-            while True:
-                try:
-                    if s.recv_into(buf) < 12:
-                        continue
-                except (BlockingIOError, ConnectionRefusedError):
-                    break
-                q = (buf[2] << 8) | buf[3]
-                if q < len(seen) and not seen[q]:
-                    seen[q] = 1
-                    received += 1
+        received += _receive(ep, by_fd, buf, left)
     ru = resource.getrusage(resource.RUSAGE_SELF)
     conn.send((sent, received, late, ru.ru_utime + ru.ru_stime))
     conn.close()
@@ -181,57 +141,12 @@ def _worker(legs: list[tuple[socket.socket, socket.socket]], seconds: float, t_s
 def run_step(ng: NgClient, rtpengine_cpu, calls: int, seconds: float, *, ip: str = "127.0.0.2",
              procs: int = 2, tag: str = "m") -> MediaResult:
     """Set up `calls` sessions, run media for `seconds`, tear them down."""
-    offer_flags = ng_flags(media.flags(media.Op.OFFER, media.Side.PBX, media.Side.PBX))
-    answer_flags = ng_flags(media.flags(media.Op.ANSWER, media.Side.PBX, media.Side.PBX))
     res = MediaResult(calls, seconds)
     legs: list[tuple[socket.socket, socket.socket]] = []
     call_ids: list[str] = []
     try:
-        for i in range(calls):
-            a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            for s in (a, b):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-                s.bind((ip, 0))
-            cid = f"bench-{tag}-{os.getpid()}-{calls}-{i}"
-            base = {"call-id": cid, "from-tag": f"a{i}"}
-            try:
-                off = ng.request({"command": "offer", **base, **offer_flags,
-                                  "sdp": sdp(ip, a.getsockname()[1])})
-                call_ids.append(cid)
-                ans = ng.request({"command": "answer", **base, "to-tag": f"b{i}", **answer_flags,
-                                  "sdp": sdp(ip, b.getsockname()[1])})
-            except Exception:  # noqa: BLE001 - counted, reported
-                res.setup_failed += 1
-                a.close()
-                b.close()
-                continue
-            b.connect(_media_addr(off["sdp"]))   # B sends where the offer told it
-            a.connect(_media_addr(ans["sdp"]))   # A sends where the answer told it
-            legs.append((a, b))
-        procs = max(1, min(procs, len(legs)))
-        chunks = [legs[k::procs] for k in range(procs)]
-        ctx = mp.get_context("fork")
-        t_start = time.monotonic() + 0.3
-        workers = []
-        for chunk in chunks:
-            parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_worker, args=(chunk, seconds, t_start, child), daemon=True)
-            p.start()
-            child.close()
-            workers.append((p, parent))
-        cpu0 = rtpengine_cpu()
-        for p, parent in workers:
-            if parent.poll(seconds + 30):
-                sent, received, late, cpu = parent.recv()
-                res.sent += sent
-                res.received += received
-                res.late_ticks = max(res.late_ticks, late)
-                res.generator_cpu += cpu
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-        res.rtpengine_cpu = rtpengine_cpu() - cpu0
+        _set_up(ng, res, ip, tag, legs, call_ids)
+        _send_and_count(legs, procs, res, rtpengine_cpu)
     finally:
         for cid in call_ids:
             try:
@@ -242,3 +157,63 @@ def run_step(ng: NgClient, rtpengine_cpu, calls: int, seconds: float, *, ip: str
             a.close()
             b.close()
     return res
+
+
+def _set_up(ng: NgClient, res: MediaResult, ip: str, tag: str,
+            legs: list[tuple[socket.socket, socket.socket]], call_ids: list[str]) -> None:
+    """One offer/answer per call, with the gateway's flags; each call's two sockets
+    connected to where rtpengine told them to send."""
+    offer_flags = dict(media.ng_params(media.flags(media.Op.OFFER, media.Side.PBX, media.Side.PBX)))
+    answer_flags = dict(media.ng_params(media.flags(media.Op.ANSWER, media.Side.PBX, media.Side.PBX)))
+    calls = res.calls
+    for i in range(calls):
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            s.bind((ip, 0))
+        cid = f"bench-{tag}-{os.getpid()}-{calls}-{i}"
+        base = {"call-id": cid, "from-tag": f"a{i}"}
+        try:
+            off = ng.request({"command": "offer", **base, **offer_flags,
+                              "sdp": sdp(ip, a.getsockname()[1])})
+            call_ids.append(cid)
+            ans = ng.request({"command": "answer", **base, "to-tag": f"b{i}", **answer_flags,
+                              "sdp": sdp(ip, b.getsockname()[1])})
+        except Exception:  # noqa: BLE001 - counted, reported
+            res.setup_failed += 1
+            a.close()
+            b.close()
+            continue
+        b.connect(media_addr(off["sdp"]))   # B sends where the offer told it
+        a.connect(media_addr(ans["sdp"]))   # A sends where the answer told it
+        legs.append((a, b))
+
+
+def _send_and_count(legs: list[tuple[socket.socket, socket.socket]], procs: int, res: MediaResult,
+                    rtpengine_cpu) -> None:
+    """Media for res.seconds from `procs` forked workers; their counts, and rtpengine's CPU."""
+    seconds = res.seconds
+    procs = max(1, min(procs, len(legs)))
+    chunks = [legs[k::procs] for k in range(procs)]
+    ctx = mp.get_context("fork")
+    t_start = time.monotonic() + 0.3
+    workers = []
+    for chunk in chunks:
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(chunk, seconds, t_start, child), daemon=True)
+        p.start()
+        child.close()
+        workers.append((p, parent))
+    cpu0 = rtpengine_cpu()
+    for p, parent in workers:
+        if parent.poll(seconds + 30):
+            sent, received, late, cpu = parent.recv()
+            res.sent += sent
+            res.received += received
+            res.late_ticks = max(res.late_ticks, late)
+            res.generator_cpu += cpu
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+    res.rtpengine_cpu = rtpengine_cpu() - cpu0

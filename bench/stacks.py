@@ -16,65 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from bench.measure import children_of, proc_cpu, tree_cpu
 from gw import stack
 from kemi import media, settings as settings_mod
-from kemi.ng import NgClient
 from kemi.settings import HostPort
 
 ROOT = Path(__file__).resolve().parent.parent
 NATIVE_CFG = ROOT / "bench" / "kamailio-native.cfg"
 PHONE_IP = "127.0.0.2"   # phones: not the PBX's address, so not trusted
 PBX_IP = "127.0.0.1"     # GW_PBX host: trusted to reach agents
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-# --------------------------------------------------------------------- /proc
-def proc_cpu(pid: int) -> float:
-    """CPU time (user + system) of a process and all its threads, seconds; 0 if it
-    is gone. From each thread's /proc/<pid>/task/<tid>/schedstat (nanoseconds: the
-    same time utime+stime counts in clock ticks); /proc/<pid>/stat where absent."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-        for tid in tids:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return 0.0
-    fields = data[data.rindex(b")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def children_of(pid: int) -> list[int]:
-    """Every descendant of `pid` (Kamailio forks its workers from the main process)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for c in parents.get(p, []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def tree_cpu(pid: int) -> float:
-    return proc_cpu(pid) + sum(proc_cpu(c) for c in children_of(pid))
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -126,32 +76,17 @@ def free_ports(host: str, count: int = 1, tcp: bool = True) -> int:
 
 # -------------------------------------------------------------------- stacks
 @dataclass
-class BenchStack:
+class BenchStack(stack.Gateway):
+    """One variant's gateway (gw/stack.py's Gateway); the rtpengine is both variants'."""
+
     variant: str                      # "kemi" or "native"
-    cfg: settings_mod.Settings
-    run_dir: Path
-    redis: stack.Daemon
-    rtpengine: stack.Daemon
-    kamailio: stack.Daemon
     media_ports: tuple[int, int]
     phone_port: int = 0               # where the PBX -> phone UAS listens (bindings point there)
     extra: dict = field(default_factory=dict)
 
     @property
-    def sip(self) -> HostPort:
-        return self.cfg.sip_listen
-
-    @property
     def pbx(self) -> HostPort:
         return self.cfg.pbx
-
-    def ng(self, timeout: float = 1.0) -> NgClient:
-        r = self.cfg.rtpengines[0]
-        return NgClient(r.host, r.port, timeout)
-
-    def redis_client(self):
-        import redis
-        return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds so far, per component."""
@@ -222,80 +157,47 @@ def start_rtpengine(base: Path, media_ports: tuple[int, int]) -> tuple[stack.Dae
     that step's), started as gw/stack.py starts it."""
     base.mkdir(parents=True, exist_ok=True)
     ng = HostPort(PBX_IP, free_ports(PBX_IP))
-    env = {"GW_RTPENGINE": f"udp:{ng}", "GW_MEDIA_IP": PBX_IP,
-           "GW_MEDIA_PORTS": f"{media_ports[0]}-{media_ports[1]}"}
-    cfg = settings_mod.load(env)
-    rtp = stack.Daemon("rtpengine", stack.rtpengine_argv(cfg, ng, log_level=5, ports=media_ports),
-                       base / "rtpengine.log").start()
-    try:
-        stack.wait_for(lambda: stack.ng_ping(ng), 10, "rtpengine", rtp)
-    except Exception:
-        rtp.stop()
-        print(f"----- rtpengine log -----\n{rtp.log_text()[-4000:]}")
-        raise
-    return rtp, ng
+    cfg = settings_mod.load({"GW_RTPENGINE": f"udp:{ng}", "GW_MEDIA_IP": PBX_IP,
+                             "GW_MEDIA_PORTS": f"{media_ports[0]}-{media_ports[1]}"})
+    return stack.start_rtpengine(cfg, ng, base / "rtpengine.log", ports=media_ports, log_level=5), ng
 
 
 def start(variant: str, base: Path, *, children: int, shm_mb: int, log_level: str,
           rtpengine: stack.Daemon, ng: HostPort, media_ports: tuple[int, int]) -> BenchStack:
     """Start redis-server and Kamailio (KEMI app or native cfg) on free ports, with
-    the shared rtpengine."""
-    base.mkdir(parents=True, exist_ok=True)
-    host = PBX_IP
-    env = dict(os.environ)
-    env.update({
-        "GW_WS_LISTEN": f"{host}:{free_ports(host)}",
-        "GW_SIP_LISTEN": f"{host}:{free_ports(host)}",
-        "GW_PBX": f"{host}:{free_ports(host)}",
-        "GW_REDIS_URL": f"redis://{host}:{free_ports(host)}/0",
-        "GW_RTPENGINE": f"udp:{ng}",
-        "GW_MEDIA_IP": host,
-        "GW_MEDIA_PORTS": f"{media_ports[0]}-{media_ports[1]}",
+    the shared rtpengine (gw/stack.py's start_gateway)."""
+    env = stack.gateway_env(base, media_ports, host=PBX_IP, port=free_ports, rtpengines=[ng], extra={
         "GW_FLOOD_LIMIT": "0",           # one SIPp source sends thousands of REGISTERs
         "GW_LOG_LEVEL": log_level,
         "GW_PBX_ALLOW": "",
         # The product's default CN path where make run can install the CN filter
         # (plain-relay flags); these calls carry no media, so no filter is needed.
         "GW_CN_FILTER": "on",
-        "PROMETHEUS_MULTIPROC_DIR": str(base / "metrics"),
     })
-    cfg = settings_mod.load(env)
-    (base / "redis").mkdir(exist_ok=True)
-    started: list[stack.Daemon] = []
-    try:
-        raddr = stack.redis_addr(cfg.redis_url)
-        redis = stack.Daemon("redis-server", stack.redis_argv(raddr, base / "redis"),
-                             base / "redis.log").start()
-        started.append(redis)
-        stack.wait_for(lambda: stack.redis_ping(raddr.host, raddr.port), 10, "redis", redis)
-        level = stack.KAMAILIO_LEVELS[log_level]
-        if variant == "kemi":
-            argv = stack.kamailio_argv(cfg, base, children=children, log_level=level)
-            patches = os.environ.get("BENCH_KEMI_PATCHES", "").split()
-            if patches:
-                app = _patched_app(base / "patched", patches)
-                argv = [f'APP_PY="{app}"' if a.startswith("APP_PY=") else a for a in argv]
-        elif variant == "native":
-            argv = _argv_native(cfg, base, children, level, cfg.flood_limit)
-        else:
-            raise ValueError(variant)
-        if shm_mb:
-            argv[argv.index("-m") + 1] = str(shm_mb)
-        # Extra Kamailio command-line options for both variants, e.g. "-x tlsf"
-        # (memory manager) to measure a proposed change to gw/stack.py.
-        argv[1:1] = os.environ.get("BENCH_KAMAILIO_ARGS", "").split()
-        kam = stack.Daemon("kamailio", argv, base / "kamailio.log", env=env).start()
-        started.append(kam)
-        sip = cfg.sip_listen
-        stack.wait_for(lambda: (stack.sip_options(sip.host, sip.port) or "").startswith("SIP/2.0 200"),
-                       30, f"kamailio ({variant})", kam)
-    except Exception:
-        for d in reversed(started):
-            d.stop()
-        for d in started:
-            print(f"----- {variant} {d.name} log -----\n{d.log_text()[-4000:]}")
-        raise
-    return BenchStack(variant, cfg, base, redis, rtpengine, kam, media_ports)
+    argv = _kamailio_argv(variant, settings_mod.load(env), base, children, shm_mb, log_level)
+    g = stack.start_gateway(base, env, rtpengine=rtpengine, kamailio=argv, kamailio_timeout=30)
+    return BenchStack(**vars(g), variant=variant, media_ports=media_ports)
+
+
+def _kamailio_argv(variant: str, cfg: settings_mod.Settings, base: Path, children: int, shm_mb: int,
+                   log_level: str) -> list[str]:
+    level = stack.KAMAILIO_LEVELS[log_level]
+    if variant == "kemi":
+        argv = stack.kamailio_argv(cfg, base, children=children, log_level=level)
+        patches = os.environ.get("BENCH_KEMI_PATCHES", "").split()
+        if patches:
+            app = _patched_app(base / "patched", patches)
+            argv = [f'APP_PY="{app}"' if a.startswith("APP_PY=") else a for a in argv]
+    elif variant == "native":
+        argv = _argv_native(cfg, base, children, level, cfg.flood_limit)
+    else:
+        raise ValueError(variant)
+    if shm_mb:
+        argv[argv.index("-m") + 1] = str(shm_mb)
+    # Extra Kamailio command-line options for both variants, e.g. "-x tlsf"
+    # (memory manager) to measure a proposed change to gw/stack.py.
+    argv[1:1] = os.environ.get("BENCH_KAMAILIO_ARGS", "").split()
+    return argv
 
 
 def trim_logs(daemons: list[stack.Daemon], keep: int = 1_000_000) -> None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from bench.rtp import media_addr
 from gw import stack
 from kemi.ng import NgClient
 from kemi.settings import HostPort, load as load_settings
@@ -49,14 +50,6 @@ def plain_sdp(ip: str, port: int, pts: tuple[int, ...], ssrc: Optional[int] = No
             + "".join(f"a=rtpmap:{pt} {names[pt]}\r\n" for pt in pts)
             + ("a=fmtp:101 0-16\r\n" if 101 in pts else "") + "a=ptime:20\r\na=sendrecv\r\n"
             + (f"a=ssrc:{ssrc} cname:bench{ssrc}\r\n" if ssrc is not None else ""))
-
-
-def media_addr(sdp: str) -> tuple[str, int]:
-    conn = re.search(r"^c=IN IP4 (\S+)", sdp, re.M)
-    port = re.search(r"^m=audio (\d+)", sdp, re.M)
-    if not conn or not port:
-        raise RuntimeError(f"no audio address in SDP: {sdp!r}")
-    return conn.group(1), int(port.group(1))
 
 
 def start_rtpengine(name: str, base: Path, ports: tuple[int, int], interface: str = "127.0.0.1",

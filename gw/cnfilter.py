@@ -168,7 +168,8 @@ def _sdp(ip: str, port: int, pts: tuple[int, ...]) -> str:
             + "".join(f"a=rtpmap:{pt} {names[pt]}\r\n" for pt in pts) + "a=sendrecv\r\n")
 
 
-def _bound_address(q: dict) -> str:
+def bound_address(q: dict) -> str:
+    """The address rtpengine really listens on, from a `query` of one of its calls."""
     for tag in (q.get("tags") or {}).values():
         for m in tag.get("medias") or []:
             for stream in m.get("streams") or []:
@@ -212,7 +213,7 @@ def probe(engine: HostPort, cn: CnBlock = CnBlock.FILTER, timeout: float = 1.0,
                              **{"from-tag": "phone"})
             ng_call("answer", _sdp(me, pbx.getsockname()[1], (0, 13, 101)), Side.PBX,
                     **{"from-tag": "phone", "to-tag": "pbx"})
-            bound = _bound_address(ng.query(call_id)) or me
+            bound = bound_address(ng.query(call_id)) or me
         except (NgError, OSError) as exc:
             res.error = str(exc)
             return res

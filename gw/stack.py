@@ -1,7 +1,9 @@
 """Start the gateway's daemons and wait for them by protocol.
 
-Shared by `make run` (gw/run.py) and the pytest fixtures, so the tests start
-Kamailio, rtpengine and Redis exactly the way the product does.
+Shared by `make run` (gw/run.py), the pytest fixtures and `make bench`, so the
+tests and the benchmark start Kamailio, rtpengine and Redis exactly the way the
+product does. start_gateway() builds a whole gateway on free ports (the test
+fixtures, the reliability tests' stacks, the benchmark's two variants).
 """
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ import socket
 import subprocess
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Optional
+from typing import IO, Callable, ContextManager, Iterable, Optional
 from urllib.parse import urlparse
 
+from gw import cnfilter
+from kemi import settings as settings_mod
 from kemi import sizing
 from kemi.ng import NgClient
 from kemi.settings import HostPort, Settings
@@ -46,6 +51,16 @@ def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
         except OSError:
             continue
     raise StartError("no free port")
+
+
+def udp_port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Can a UDP socket bind host:port right now?"""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((host, port))
+        return True
+    except OSError:
+        return False
 
 
 def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
@@ -236,3 +251,156 @@ def raise_nofile(cfg: Settings) -> list[str]:
 
 def is_local(host: str) -> bool:
     return host.startswith("127.") or host in ("::1", "localhost")
+
+
+# ----------------------------------------------------------------- a gateway
+Wrap = Callable[[list[str]], list[str]]      # how a daemon runs (e.g. inside a network namespace)
+Probe = Callable[[], ContextManager]         # where it is probed from (e.g. inside that namespace)
+
+
+def _as_is(argv: list[str]) -> list[str]:
+    return argv
+
+
+def _started(d: Daemon, check: Callable[[], bool], timeout: float, probe: Probe) -> Daemon:
+    """Wait for d by protocol; if it never answers, stop it and show its log."""
+    def ready() -> bool:
+        with probe():
+            return check()
+    try:
+        wait_for(ready, timeout, d.name, d)
+    except Exception:
+        d.stop()
+        print(f"----- {d.name} log -----\n{d.log_text()[-5000:]}")
+        raise
+    return d
+
+
+def start_redis(addr: HostPort, data_dir: Path, log_path: Optional[Path], *, name: str = "redis-server",
+                extra_args: Iterable[str] = (), wrap: Wrap = _as_is, probe: Probe = nullcontext) -> Daemon:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    d = Daemon(name, wrap(redis_argv(addr, data_dir) + list(extra_args)), log_path).start()
+    return _started(d, lambda: redis_ping(addr.host, addr.port), 10, probe)
+
+
+def start_rtpengine(cfg: Settings, ng: HostPort, log_path: Optional[Path], *,
+                    ports: Optional[tuple[int, int]] = None, log_level: int = 6, name: str = "rtpengine",
+                    wrap: Wrap = _as_is, probe: Probe = nullcontext) -> Daemon:
+    d = Daemon(name, wrap(rtpengine_argv(cfg, ng, log_level=log_level, ports=ports)), log_path).start()
+    return _started(d, lambda: ng_ping(ng), 10, probe)
+
+
+def start_kamailio(cfg: Settings, env: dict[str, str], run_dir: Path, log_path: Optional[Path], *,
+                   argv: Optional[list[str]] = None, children: int = 2, timeout: float = 20.0,
+                   name: str = "kamailio", wrap: Wrap = _as_is, probe: Probe = nullcontext) -> Daemon:
+    """Kamailio with the KEMI app (or argv), ready when it answers OPTIONS with 200."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    d = Daemon(name, wrap(argv or kamailio_argv(cfg, run_dir, children=children)), log_path, env=env).start()
+    sip = cfg.sip_listen
+    return _started(d, lambda: (sip_options(sip.host, sip.port) or "").startswith("SIP/2.0 200"), timeout,
+                    probe)
+
+
+def stop_all(daemons: Iterable[Daemon]) -> None:
+    """Stop each daemon, the last started first, whatever the others do."""
+    for d in reversed(list(daemons)):
+        try:
+            d.stop()
+        except Exception:  # noqa: BLE001 - the others must still stop
+            pass
+
+
+def gateway_env(base: Path, media_ports: tuple[int, int], *, host: str = "127.0.0.1",
+                listen: Optional[str] = None, port: Callable[[str], int] = free_port,
+                pbx: Optional[HostPort] = None, redis_url: Optional[str] = None,
+                rtpengines: Optional[list[HostPort]] = None,
+                extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+    """This process's environment with a gateway's GW_* settings: every listener on
+    a free port of host (SIP and WebSocket on `listen` if given), metrics under
+    base; `extra` last."""
+    listen = listen or host
+    env = dict(os.environ)
+    env.update({
+        "GW_WS_LISTEN": f"{listen}:{port(listen)}",
+        "GW_SIP_LISTEN": f"{listen}:{port(listen)}",
+        "GW_PBX": str(pbx or HostPort(host, port(host))),
+        "GW_REDIS_URL": redis_url or f"redis://{host}:{port(host)}/0",
+        "GW_RTPENGINE": " ".join(f"udp:{r}" for r in rtpengines or [HostPort(host, port(host))]),
+        "GW_MEDIA_IP": host,
+        "GW_MEDIA_PORTS": f"{media_ports[0]}-{media_ports[1]}",
+        "PROMETHEUS_MULTIPROC_DIR": str(base / "metrics"),
+    })
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Gateway:
+    """A running gateway (start_gateway): its settings and its daemons, and how
+    it keeps comfort noise from the phones (None: not decided, the transcoder)."""
+
+    env: dict[str, str]
+    cfg: Settings
+    run_dir: Path
+    redis: Daemon
+    rtpengine: Daemon
+    kamailio: Daemon
+    cn: Optional["cnfilter.Decision"]
+
+    @property
+    def sip(self) -> HostPort:
+        return self.cfg.sip_listen
+
+    def ng(self, timeout: float = 1.0) -> NgClient:
+        return NgClient(self.cfg.rtpengines[0].host, self.cfg.rtpengines[0].port, timeout)
+
+    def redis_client(self):
+        import redis
+        return redis.Redis.from_url(self.cfg.redis_url, decode_responses=True)
+
+    def daemons(self) -> list[Daemon]:
+        return [self.redis, self.rtpengine, self.kamailio]
+
+    def stop(self) -> None:
+        """Every daemon, then the CN filter installed for its rtpengine."""
+        stop_all(self.daemons())
+        if self.cn is not None:
+            cnfilter.release(self.cn)
+
+
+def start_gateway(base: Path, env: dict[str, str], *, rtpengine: Optional[Daemon] = None,
+                  kamailio: Optional[list[str]] = None, children: int = 2, kamailio_timeout: float = 20.0,
+                  wrap: Wrap = _as_is, probe: Probe = nullcontext, cn_owner: Optional[str] = None) -> Gateway:
+    """Redis, rtpengine (unless a running one is shared) and Kamailio (the KEMI app, or
+    the argv `kamailio`) for the GW_* settings in env, files and logs under base, each
+    ready by protocol. With cn_owner, comfort noise is decided as make run does it
+    (gw/cnfilter.py: the CN filter for the rtpengine started here, checked with a
+    PT 13 packet) and handed to Kamailio in env; Gateway.stop() removes the filter.
+    If one does not start, those started are stopped."""
+    base.mkdir(parents=True, exist_ok=True)
+    cfg = settings_mod.load(env)
+    started: list[Daemon] = []
+    cn: Optional[cnfilter.Decision] = None
+    try:
+        redis = start_redis(redis_addr(cfg.redis_url), base / "redis", base / "redis.log", wrap=wrap,
+                            probe=probe)
+        started.append(redis)
+        own_ranges = []
+        if rtpengine is None:
+            rtpengine = start_rtpengine(cfg, cfg.rtpengines[0], base / "rtpengine.log", wrap=wrap, probe=probe)
+            started.append(rtpengine)
+            own_ranges.append(cfg.media_ports)
+        if cn_owner is not None:
+            with probe():
+                cn = cnfilter.decide(cfg, own_ranges, cn_owner, None if wrap is _as_is else wrap)
+            env["GW_CN_FILTER"] = "on" if cn.cn is cnfilter.CnBlock.FILTER else "off"
+        kam = start_kamailio(cfg, env, base, base / "kamailio.log", argv=kamailio, children=children,
+                             timeout=kamailio_timeout, wrap=wrap, probe=probe)
+    except Exception:
+        stop_all(started)
+        if cn is not None:
+            cnfilter.release(cn, None if wrap is _as_is else wrap)
+        for d in started:
+            print(f"----- {d.name} log -----\n{d.log_text()[-5000:]}")
+        raise
+    return Gateway(env, cfg, base, redis, rtpengine, kam, cn)

@@ -70,8 +70,8 @@ class ContactSpec:
         return int(value) if value is not None and value.isdigit() else None
 
 
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on `sep` outside <>, quotes."""
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside <>, quotes (the tests' SIP parser uses it too)."""
     out, buf, depth, quoted = [], [], 0, False
     for ch in text:
         if ch == '"':
@@ -92,7 +92,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 def parse_contacts(value: str) -> list[ContactSpec]:
     """Parse one or more Contact header values (comma separated) into URI + header params."""
     contacts = []
-    for item in _split_top(value, ","):
+    for item in split_top(value, ","):
         if item == "*":
             contacts.append(ContactSpec("*", {}))
             continue
@@ -103,7 +103,7 @@ def parse_contacts(value: str) -> list[ContactSpec]:
             uri, _, rest = item.partition(";")
             rest = ";" + rest if rest else ""
         params = {}
-        for p in _split_top(rest, ";"):
+        for p in split_top(rest, ";"):
             name, _, val = p.partition("=")
             params[name.strip().lower()] = val.strip().strip('"')
         contacts.append(ContactSpec(uri.strip(), params))

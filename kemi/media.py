@@ -58,7 +58,7 @@ class CnBlock(enum.Enum):
 #    (declare_cn, in app.py through the rtpengine module's read_sdp_pv), so a
 #    PBX sending PT 13 it never offered still hits that decoder.
 # Measured end to end in tests/test_media_webrtc.py (0 PT 13 at a real
-# DTLS-SRTP phone); the flags were chosen with tests/support/cn_experiment.py.
+# DTLS-SRTP phone); the flags were chosen with bench/experiments/cn (README there).
 _CN_OFFER_TO_PBX = ("codec-strip=full", "codec-except=opus", "codec-except=G722",
                     "codec-except=PCMU", "codec-except=PCMA", "codec-except=telephone-event",
                     "codec-transcode=CN")

@@ -83,20 +83,19 @@ _REQUEST_CHILDREN: dict = {}
 _REPLY_CHILDREN: dict = {}
 
 
-def count_request(method: str) -> None:
-    label = method_label(method)
-    child = _REQUEST_CHILDREN.get(label)
+def _inc(children: dict, counter, label: str) -> None:
+    child = children.get(label)
     if child is None:
-        child = _REQUEST_CHILDREN[label] = SIP_REQUESTS.labels(label)
+        child = children[label] = counter.labels(label)
     child.inc()
+
+
+def count_request(method: str) -> None:
+    _inc(_REQUEST_CHILDREN, SIP_REQUESTS, method_label(method))
 
 
 def count_reply(code: int) -> None:
-    label = code_class(code)
-    child = _REPLY_CHILDREN.get(label)
-    if child is None:
-        child = _REPLY_CHILDREN[label] = SIP_REPLIES.labels(label)
-    child.inc()
+    _inc(_REPLY_CHILDREN, SIP_REPLIES, code_class(code))
 
 
 class LiveCollector:

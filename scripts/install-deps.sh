@@ -48,8 +48,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # The agent's connector (agent/pyproject.toml, the gateway-agent command) is its
 # own distribution: installed editable too, so `make agent` runs this tree.
-stamp=.venv/.deps-$(cat pyproject.toml agent/pyproject.toml | sha1sum | cut -c1-12)
+stamp=.venv/.deps-$(cat pyproject.toml agent/pyproject.toml deploy/requirements.txt | sha1sum | cut -c1-12)
 if [ ! -f "$stamp" ]; then
+  # The gateway's own packages at the image's hash-pinned versions first, so that
+  # make run, the tests and the image (make image) run the same code.
+  .venv/bin/pip install -q --disable-pip-version-check --require-hashes -r deploy/requirements.txt
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test,agent]' -e ./agent
   touch "$stamp"
 fi

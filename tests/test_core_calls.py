@@ -107,6 +107,18 @@ async def registered(gw, user: str, policy: AnswerPolicy | None = None):
         await phone.close()
 
 
+async def pbx_calls(gw, user: str, scenario: str, keys: dict, policy: AnswerPolicy | None = None,
+                    timeout: float = 10):
+    """The PBX (SIPp `scenario`) calls the registered phone `user`. Returns, once the
+    call has ended and SIPp finished cleanly, the phone's Call and the SIPp run."""
+    async with registered(gw, user, policy) as phone:
+        with sipp(scenario, gw, uac=True, service=user, keys=keys) as pbx:
+            call = await phone.wait_incoming(10)
+            await call.wait_state("terminated", timeout=timeout)
+            assert await finished(pbx, timeout) == 0, pbx.errors()
+        return call, pbx
+
+
 # 1 --------------------------------------------------------------------------
 def test_1_register_digest_via_pbx_binding_in_redis_and_unregister(gw):
     r = gw.redis_client()
@@ -179,16 +191,8 @@ def test_2_3_phone_calls_pbx_webrtc_one_side_plain_other_no_cn(gw):
 
 # 4 --------------------------------------------------------------------------
 def test_4_pbx_calls_dn_found_in_redis_over_the_websocket(gw):
-    async def go():
-        async with registered(gw, "1002") as phone:
-            with sipp("pbx_uac.xml", gw, uac=True, service="1002",
-                      keys={"hangup": "pbx", "call_ms": 300}) as pbx:
-                call = await phone.wait_incoming(10)
-                await call.wait_state("terminated", timeout=10)
-                assert await finished(pbx, 10) == 0, pbx.errors()
-            return call.invite.sdp, call.call_id, sipp_bodies(pbx, "SIP/2.0 200")
-
-    offer, call_id, answers = asyncio.run(go())
+    call, pbx = asyncio.run(pbx_calls(gw, "1002", "pbx_uac.xml", {"hangup": "pbx", "call_ms": 300}))
+    offer, call_id, answers = call.invite.sdp, call.call_id, sipp_bodies(pbx, "SIP/2.0 200")
     assert_webrtc_sdp(offer)
     assert answers and all("RTP/AVP" in a for a in answers)
     assert_plain_rtp_sdp(answers[0])
@@ -246,16 +250,9 @@ def test_4_pbx_calls_contact_learnt_via_path(gw):
 # 5 --------------------------------------------------------------------------
 def test_5_indialog_requests_from_pbx_reach_the_phone(gw):
     """Genesys answers/holds remotely with NOTIFY; hold/resume by re-INVITE; UPDATE, INFO, REFER."""
-    async def go():
-        async with registered(gw, "1005", AnswerPolicy(mode="auto")) as phone:
-            with sipp("pbx_uac.xml", gw, uac=True, service="1005",
-                      keys={"steps": "notify_talk,hold,resume,update,info,refer", "step_ms": 50,
-                            "hangup": "pbx", "call_ms": 200}) as pbx:
-                call = await phone.wait_incoming(10)
-                await call.wait_state("terminated", timeout=15)
-                assert await finished(pbx, 15) == 0, pbx.errors()
-            return call
-    call = asyncio.run(go())
+    call, _ = asyncio.run(pbx_calls(gw, "1005", "pbx_uac.xml",
+                                    {"steps": "notify_talk,hold,resume,update,info,refer", "step_ms": 50,
+                                     "hangup": "pbx", "call_ms": 200}, AnswerPolicy(mode="auto"), timeout=15))
     got = [m.method for m in call.received]
     for method in ("NOTIFY", "INVITE", "UPDATE", "INFO", "REFER", "BYE"):
         assert method in got, f"{method} did not reach the phone: {got}"
@@ -301,15 +298,8 @@ def test_5_indialog_requests_from_phone_reach_the_pbx(gw):
 
 
 def test_5_genesys_talk_notify_in_early_dialog(gw):
-    async def go():
-        async with registered(gw, "1006", AnswerPolicy(mode="talk")) as phone:
-            with sipp("pbx_uac_early_talk.xml", gw, uac=True, service="1006",
-                      keys={"talk_ms": 100, "call_ms": 200}) as pbx:
-                call = await phone.wait_incoming(10)
-                await call.wait_state("terminated", timeout=10)
-                assert await finished(pbx, 10) == 0, pbx.errors()
-            return call
-    call = asyncio.run(go())
+    call, _ = asyncio.run(pbx_calls(gw, "1006", "pbx_uac_early_talk.xml", {"talk_ms": 100, "call_ms": 200},
+                                    AnswerPolicy(mode="talk")))
     methods = [m.method for m in call.received]
     assert "NOTIFY" in methods and methods.index("NOTIFY") < methods.index("BYE")
     wait_until(lambda: no_session(gw, call.call_id), 5, "rtpengine session deleted")
@@ -317,15 +307,9 @@ def test_5_genesys_talk_notify_in_early_dialog(gw):
 
 # 6 --------------------------------------------------------------------------
 def test_6_third_party_call_offer_in_200_answer_in_ack(gw):
-    async def go():
-        async with registered(gw, "1007", AnswerPolicy(mode="auto", sdp=chromium_sdp())) as phone:
-            with sipp("pbx_uac_3pcc.xml", gw, uac=True, service="1007",
-                      keys={"hangup": "pbx", "call_ms": 300}) as pbx:
-                call = await phone.wait_incoming(10)
-                await call.wait_state("terminated", timeout=10)
-                assert await finished(pbx, 10) == 0, pbx.errors()
-            return call, sipp_bodies(pbx, "SIP/2.0 200")
-    call, pbx_got = asyncio.run(go())
+    call, pbx = asyncio.run(pbx_calls(gw, "1007", "pbx_uac_3pcc.xml", {"hangup": "pbx", "call_ms": 300},
+                                      AnswerPolicy(mode="auto", sdp=chromium_sdp())))
+    pbx_got = sipp_bodies(pbx, "SIP/2.0 200")
     assert call.invite.sdp is None, "Genesys MakeCall: INVITE without SDP"
     assert pbx_got, "the PBX got the offer in the 200 OK"
     assert_plain_rtp_sdp(pbx_got[0])

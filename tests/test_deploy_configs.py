@@ -609,6 +609,26 @@ def test_compose_secure_defaults():
     assert cfg.ws_proxies == (upstream.rpartition(":")[0],), "nginx reaches the gateway from its upstream address"
 
 
+def test_compose_runtime_details_found_by_the_deploy_test():
+    """What `make deploy-test` found running the stack for real (tests/deploy_stack)."""
+    services = load_compose()["services"]
+    # Docker makes a tmpfs root's; the gateway runs as the image's kamailio user.
+    args = dict(re.findall(r"^ARG (GW_UID|GW_GID)=(\d+)$", (ROOT / "Dockerfile").read_text(), re.M))
+    run_dir = [t for t in services["gateway"]["tmpfs"] if t.split(":")[0] == "/run/gateway"]
+    assert run_dir, services["gateway"]["tmpfs"]
+    opts = dict(o.split("=", 1) for o in run_dir[0].split(":", 1)[1].split(","))
+    assert (opts["uid"], opts["gid"]) == (args["GW_UID"], args["GW_GID"]), (opts, args)
+    assert int(opts["mode"], 8) & 0o700 == 0o700
+    # Docker's first health probe comes one interval after the start.
+    for name, svc in services.items():
+        hc = svc.get("healthcheck")
+        if hc:
+            value = int(re.fullmatch(r"(\d+)s", hc["interval"]).group(1))
+            assert value <= 30, f"{name}: healthcheck interval {value}s keeps it 'starting' that long"
+    # turnserver ignores SIGTERM as PID 1.
+    assert services["coturn"].get("init") is True
+
+
 # --------------------------------------------------------------------------- Dockerfiles
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
@@ -622,11 +642,67 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/rtpengine/Dockerfile"])
+DOCKERFILES = ["Dockerfile", "deploy/rtpengine/Dockerfile",
+               *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "deploy_stack" / "standins").glob("*/Dockerfile"))]
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_dockerfiles_pass_hadolint(dockerfile):
     exe = need("hadolint")
     r = run([exe, "--config", str(ROOT / ".hadolint.yaml"), str(ROOT / dockerfile)])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_dockerfiles_build_with_the_classic_builder(dockerfile):
+    """make image uses the classic builder (Debian's docker.io has no buildx, and
+    BuildKit fetches a `# syntax=` frontend from a registry): no BuildKit-only syntax."""
+    text = (ROOT / dockerfile).read_text()
+    assert not re.match(r"#\s*syntax\s*=", text, re.I), "a # syntax= frontend needs a registry"
+    for word, arg in dockerfile_instructions(ROOT / dockerfile):
+        if word in ("COPY", "ADD"):
+            flags = re.findall(r"--([a-z-]+)", arg.split(" /")[0])
+            assert set(flags) <= {"from", "chown"}, f"{word} {arg}: --{flags} needs BuildKit"
+        if word == "RUN":
+            assert not arg.startswith("--"), f"RUN {arg[:40]}: RUN flags need BuildKit"
+            assert "<<" not in arg, "heredocs need BuildKit"
+
+
+def dockerignored(path: str) -> bool:
+    """Whether the classic builder leaves `path` out of the context (.dockerignore:
+    the last pattern matching the path or one of its parents wins)."""
+    import fnmatch
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    excluded = False
+    for rule in rules:
+        negate = rule.startswith("!")
+        pattern = rule.lstrip("!").rstrip("/")
+        if pattern.startswith("**/"):
+            hit = any(fnmatch.fnmatch(p.split("/")[-1], pattern[3:]) for p in prefixes)
+        else:
+            hit = any(fnmatch.fnmatch(p, pattern) for p in prefixes)
+        if hit:
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_sends_what_the_dockerfile_copies_and_nothing_big():
+    for word, arg in dockerfile_instructions(ROOT / "Dockerfile"):
+        if word == "COPY" and not arg.startswith("--from"):
+            for src in [a for a in arg.split() if not a.startswith("--")][:-1]:
+                src = src.rstrip("/")
+                assert not dockerignored(src), f"COPY {src}: excluded by .dockerignore"
+                if (ROOT / src).is_dir():
+                    for f in (ROOT / src).rglob("*.py"):
+                        rel = str(f.relative_to(ROOT))
+                        assert "__pycache__" in rel or not dockerignored(rel), rel
+    for path in (".venv/lib/x.py", ".git/HEAD", "agent/node_modules/x.js", "tests/conftest.py",
+                 "kemi/__pycache__/app.cpython-311.pyc", "deploy/.env", "deploy/certs/privkey.pem"):
+        assert dockerignored(path), f"{path} would be sent to the build"
+    assert not dockerignored("deploy/wheelhouse/bencode_py-4.1.0-py3-none-any.whl")
 
 
 def test_gateway_dockerfile_instructions():

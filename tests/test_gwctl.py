@@ -1,4 +1,4 @@
-"""gwctl (gw/ctl.py) against the real daemons: registrations, calls and WebSocket
+"""gwctl (gw/ctl/) against the real daemons: registrations, calls and WebSocket
 connections while calls are up, and `doctor` with each fault provoked for real:
 Redis stopped, rtpengine stopped, Kamailio stopped, no PBX listening (and one
 that never answers), rtpengine advertising loopback/private addresses while the
@@ -67,12 +67,7 @@ def pbx_answering(gw) -> SippRun:
 
 
 def port_taken(port: int) -> bool:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", port))
-        return False
-    except OSError:
-        return True
+    return not stack.udp_port_free(port)
 
 
 def wait_listening(port: int, timeout: float = 5) -> None:

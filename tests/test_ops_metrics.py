@@ -93,14 +93,7 @@ class PbxSent(Counter):
 def wait_port_free(port: int, timeout: float = 3.0) -> None:
     """The previous test's PBX may still hold the port for a moment (a socket closed
     while another thread sits in recvfrom is released when that call returns)."""
-    def free() -> bool:
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-    wait_until(free, timeout, f"UDP port {port} free for SIPp")
+    wait_until(lambda: stack.udp_port_free(port), timeout, f"UDP port {port} free for SIPp")
 
 
 def pbx(name: str, gw, **kw) -> SippRun:

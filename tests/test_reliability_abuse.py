@@ -12,7 +12,7 @@ from conftest import wait_until
 from gw import stack
 from support import callcheck, relstack, sipmsg
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone, ws_connect
+from support.wsphone import BlockingPhone, ws_connect
 
 SCANNERS = ["friendly-scanner", "sipvicious", "SIPVicious 0.3.4", "sipcli/v1.8", "sip-scan",
             "sundayddr", "iWar", "VaxSIPUserAgent/3.1", "PPLSIP", "smap 0.6.0", "sipsak 0.9.6",
@@ -44,8 +44,8 @@ def test_register_flood_blocked_per_source(fresh_gw):
     gw = fresh_gw
     limit = gw.cfg.flood_limit
     pbx = FakePbx(gw.pbx.host, gw.pbx.port)
-    agents = [WsPhone(gw.ws_url, f"11{i:02d}") for i in range(3)]
-    agents.append(WsPhone(gw.ws_url, "1199", source_ip="127.0.0.7"))
+    agents = [BlockingPhone(gw.ws_url, f"11{i:02d}") for i in range(3)]
+    agents.append(BlockingPhone(gw.ws_url, "1199", source_ip="127.0.0.7"))
     flooder = ws_connect(gw.ws_url, subprotocols=["sip"], open_timeout=3)
     try:
         for a in agents:
@@ -172,8 +172,8 @@ def test_scanner_user_agents_dropped_silently(gw):
 def test_only_pbx_reaches_agents(gw):
     pbx = FakePbx(gw.pbx.host, gw.pbx.port)
     stranger = FakePbx("127.0.0.9", 0)
-    agent = WsPhone(gw.ws_url, "1081")
-    other_phone = WsPhone(gw.ws_url, "1082")
+    agent = BlockingPhone(gw.ws_url, "1081")
+    other_phone = BlockingPhone(gw.ws_url, "1082")
     try:
         assert agent.register().status == 200
         assert other_phone.register().status == 200
@@ -226,7 +226,7 @@ def test_pbx_allow_list_reaches_agents(tmp_path):
     pbx = FakePbx(s.pbx.host, s.pbx.port)
     second_pbx = FakePbx("127.0.0.9", 0)
     stranger = FakePbx("127.0.0.10", 0)
-    agent = WsPhone(s.ws_url, "1083")
+    agent = BlockingPhone(s.ws_url, "1083")
     try:
         assert agent.register().status == 200
         gw_addr = (s.sip.host, s.sip.port)
@@ -240,4 +240,4 @@ def test_pbx_allow_list_reaches_agents(tmp_path):
         stranger.close()
         second_pbx.close()
         pbx.close()
-        relstack.stop_all(s.daemons())
+        stack.stop_all(s.daemons())

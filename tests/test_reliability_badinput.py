@@ -16,7 +16,7 @@ from conftest import wait_until
 from gw import stack
 from support import callcheck, relstack, sipmsg
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone, ws_connect
+from support.wsphone import BlockingPhone, ws_connect
 
 LIMIT = 16384   # MAX_MSG_BYTES in kemi/app.py = tcp_rd_buf_size in kamailio.cfg
 
@@ -171,7 +171,7 @@ def test_content_length_lies(gw):
 
 def test_binary_junk_on_websocket(gw):
     pbx = FakePbx(gw.pbx.host, gw.pbx.port)
-    bystander = WsPhone(gw.ws_url, "1071")
+    bystander = BlockingPhone(gw.ws_url, "1071")
     try:
         assert bystander.register().status == 200
         junk = [os.urandom(512), b"\x00" * 64, bytes(range(256)) * 4,
@@ -227,7 +227,7 @@ def test_websocket_origin_not_allowed(tmp_path):
                 assert exc.response.status_code == 403
         wait_until(lambda: "event=ws.origin_refused" in s.kamailio_log(), 3, "origin log")
         # The allowed origin gets its WebSocket, registers and calls.
-        phone = WsPhone(s.ws_url, "1072", origin=allowed)
+        phone = BlockingPhone(s.ws_url, "1072", origin=allowed)
         try:
             assert phone.register().status == 200
             assert callcheck.outbound(phone, pbx) == "ok"
@@ -238,4 +238,4 @@ def test_websocket_origin_not_allowed(tmp_path):
         assert s.rtpengine_sessions() == 0
     finally:
         pbx.close()
-        relstack.stop_all(s.daemons())
+        stack.stop_all(s.daemons())

@@ -11,12 +11,12 @@ from kemi import settings as settings_mod
 from kemi.settings import HostPort
 from support import callcheck, relstack
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 HOST = relstack.HOST
 
 
-def _calls(pbx: FakePbx, gw_addr: tuple[str, int], phones: list[WsPhone]) -> list[str]:
+def _calls(pbx: FakePbx, gw_addr: tuple[str, int], phones: list[BlockingPhone]) -> list[str]:
     out = []
     for p in phones:
         out.append(callcheck.outbound(p, pbx))
@@ -29,13 +29,14 @@ def test_rtpengine_failover_then_503_and_no_leaks(tmp_path):
     env = relstack.base_env(tmp_path, rtpengines=ng)
     cfg = settings_mod.load(env)
     assert len(cfg.rtpengines) == 2
-    redis = relstack.start_redis(stack.redis_addr(cfg.redis_url), tmp_path)
-    rtp = [relstack.start_rtpengine(cfg, ng[i], relstack.media_range(i + 1), tmp_path, f"rtpengine-{i}")
+    redis = stack.start_redis(stack.redis_addr(cfg.redis_url), tmp_path / "redis", tmp_path / "redis.log")
+    rtp = [stack.start_rtpengine(cfg, ng[i], tmp_path / f"rtpengine-{i}.log", ports=relstack.media_range(i + 1),
+                                 name=f"rtpengine-{i}")
            for i in range(2)]
-    kam = relstack.start_kamailio(cfg, env, tmp_path / "kam")
+    kam = stack.start_kamailio(cfg, env, tmp_path / "kam", tmp_path / "kam" / "kamailio.log")
     daemons = [redis, *rtp, kam]
     pbx = FakePbx(cfg.pbx.host, cfg.pbx.port)
-    phones = [WsPhone(f"ws://{cfg.ws_listen}", f"12{i:02d}") for i in range(3)]
+    phones = [BlockingPhone(f"ws://{cfg.ws_listen}", f"12{i:02d}") for i in range(3)]
     gw_addr = (cfg.sip_listen.host, cfg.sip_listen.port)
     try:
         for p in phones:
@@ -87,13 +88,13 @@ def test_rtpengine_failover_then_503_and_no_leaks(tmp_path):
         for p in phones:
             p.close()
         pbx.close()
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
 
 
 def test_redis_restart_reconnects_and_keeps_bindings(fresh_gw):
     gw = fresh_gw
     pbx = FakePbx(gw.pbx.host, gw.pbx.port)
-    phones = [WsPhone(gw.ws_url, f"13{i:02d}") for i in range(3)]
+    phones = [BlockingPhone(gw.ws_url, f"13{i:02d}") for i in range(3)]
     gw_addr = (gw.sip.host, gw.sip.port)
     addr = stack.redis_addr(gw.cfg.redis_url)
     try:
@@ -104,7 +105,7 @@ def test_redis_restart_reconnects_and_keeps_bindings(fresh_gw):
         # Redis goes away (a restart: SIGTERM, append-only file on disk).
         gw.redis.stop()
         assert not stack.redis_ping(addr.host, addr.port)
-        late = WsPhone(gw.ws_url, "1399")
+        late = BlockingPhone(gw.ws_url, "1399")
         try:
             reg = late.register()
             assert reg.status == 503 and reg.get("Retry-After") == "5"
@@ -138,7 +139,7 @@ def test_kamailio_restart_bindings_stay_and_phones_reregister(fresh_gw):
     gw = fresh_gw
     pbx = FakePbx(gw.pbx.host, gw.pbx.port)
     users = [f"14{i:02d}" for i in range(3)]
-    phones = [WsPhone(gw.ws_url, u) for u in users]
+    phones = [BlockingPhone(gw.ws_url, u) for u in users]
     gw_addr = (gw.sip.host, gw.sip.port)
     try:
         for p in phones:
@@ -157,7 +158,7 @@ def test_kamailio_restart_bindings_stay_and_phones_reregister(fresh_gw):
         # The phones reconnect and re-register: reachable at once.
         for p in phones:
             p.close()
-        phones = [WsPhone(gw.ws_url, u) for u in users]
+        phones = [BlockingPhone(gw.ws_url, u) for u in users]
         results = []
         for p in phones:
             assert p.register().status == 200

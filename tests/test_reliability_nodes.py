@@ -20,7 +20,7 @@ from kemi import settings as settings_mod
 from kemi.settings import HostPort
 from support import callcheck, relstack
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 HOST = relstack.HOST
 NODE_IP = {"A": "127.0.0.21", "B": "127.0.0.22"}
@@ -33,24 +33,25 @@ def two_nodes(tmp_path):
     daemons: list[stack.Daemon] = []
     nodes = {}
     try:
-        daemons.append(relstack.start_redis(stack.redis_addr(redis_url), tmp_path))
+        daemons.append(stack.start_redis(stack.redis_addr(redis_url), tmp_path / "redis", tmp_path / "redis.log"))
         for i, (name, ip) in enumerate(NODE_IP.items()):
             other = NODE_IP["B" if name == "A" else "A"]
             ng = HostPort(HOST, stack.free_port(HOST))
             base = tmp_path / f"node-{name}"
             base.mkdir()
-            env = relstack.base_env(base, host=ip, pbx=pbx, redis_url=redis_url, rtpengines=[ng],
+            env = relstack.base_env(base, listen=ip, pbx=pbx, redis_url=redis_url, rtpengines=[ng],
                                     extra={"GW_PBX_ALLOW": other})
             cfg = settings_mod.load(env)
-            rtp = relstack.start_rtpengine(cfg, ng, relstack.media_range(i + 3), base, f"rtpengine-{name}")
+            rtp = stack.start_rtpengine(cfg, ng, base / f"rtpengine-{name}.log", ports=relstack.media_range(i + 3),
+                                        name=f"rtpengine-{name}")
             daemons.append(rtp)
-            kam = relstack.start_kamailio(cfg, env, base, f"kamailio-{name}")
+            kam = stack.start_kamailio(cfg, env, base, base / "kamailio.log", name=f"kamailio-{name}")
             daemons.append(kam)
             nodes[name] = {"cfg": cfg, "kam": kam, "rtp": rtp, "ng": ng,
                            "sip": (cfg.sip_listen.host, cfg.sip_listen.port), "ws": f"ws://{cfg.ws_listen}"}
         yield nodes, pbx, redis_url
     finally:
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
 
 
 def _redis(url):
@@ -66,8 +67,8 @@ def _bindings(url) -> dict[str, str]:
 def test_two_nodes_share_redis_and_relay(two_nodes):
     nodes, pbx_addr, redis_url = two_nodes
     pbx = FakePbx(pbx_addr.host, pbx_addr.port)
-    on_a = WsPhone(nodes["A"]["ws"], "1501")
-    on_b = WsPhone(nodes["B"]["ws"], "1502")
+    on_a = BlockingPhone(nodes["A"]["ws"], "1501")
+    on_b = BlockingPhone(nodes["B"]["ws"], "1502")
     try:
         assert on_a.register().status == 200 and on_b.register().status == 200
         assert _bindings(redis_url) == {"gw:reg:1501": str(nodes["A"]["cfg"].sip_listen),
@@ -100,7 +101,7 @@ def test_two_nodes_share_redis_and_relay(two_nodes):
         assert callcheck.inbound(pbx, nodes["A"]["sip"], on_a) == "ok"
         # B's phone reconnects to A (its WebSocket URL fails over) and re-registers.
         on_b.close()
-        on_b = WsPhone(nodes["A"]["ws"], "1502")
+        on_b = BlockingPhone(nodes["A"]["ws"], "1502")
         assert on_b.register().status == 200
         after = _bindings(redis_url)
         assert set(after) == set(before) and after["gw:reg:1502"] == str(nodes["A"]["cfg"].sip_listen)

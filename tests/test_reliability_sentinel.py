@@ -14,7 +14,7 @@ from kemi import settings as settings_mod
 from kemi.settings import HostPort
 from support import callcheck, relstack
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 HOST = relstack.HOST
 
@@ -22,7 +22,7 @@ HOST = relstack.HOST
 def test_sentinel_failover_keeps_registrations(tmp_path):
     ss = relstack.start_sentinel_set(tmp_path / "redis")
     daemons: list[stack.Daemon] = []
-    phones: list[WsPhone] = []
+    phones: list[BlockingPhone] = []
     pbx = None
     try:
         primary, replica = list(ss.redis)
@@ -30,14 +30,14 @@ def test_sentinel_failover_keeps_registrations(tmp_path):
         ng = HostPort(HOST, stack.free_port(HOST))
         env = relstack.base_env(tmp_path, redis_url=ss.url, rtpengines=[ng])
         cfg = settings_mod.load(env)
-        daemons.append(relstack.start_rtpengine(cfg, ng, relstack.media_range(5), tmp_path))
-        kam = relstack.start_kamailio(cfg, env, tmp_path / "kam")
+        daemons.append(stack.start_rtpengine(cfg, ng, tmp_path / "rtpengine.log", ports=relstack.media_range(5)))
+        kam = stack.start_kamailio(cfg, env, tmp_path / "kam", tmp_path / "kam" / "kamailio.log")
         daemons.append(kam)
         pbx = FakePbx(cfg.pbx.host, cfg.pbx.port)
         gw_addr = (cfg.sip_listen.host, cfg.sip_listen.port)
         ws_url = f"ws://{cfg.ws_listen}"
         users = [f"16{i:02d}" for i in range(5)]
-        phones = [WsPhone(ws_url, u) for u in users]
+        phones = [BlockingPhone(ws_url, u) for u in users]
         for p in phones:
             assert p.register().status == 200
         # Written through Sentinel to the primary, replicated to the replica.
@@ -83,5 +83,5 @@ def test_sentinel_failover_keeps_registrations(tmp_path):
             p.close()
         if pbx is not None:
             pbx.close()
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
         ss.stop()

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 from gw import stack
 from support import callcheck, relstack, torture
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 from support.netns import NetNs
 
 R, D = "relayed", "dropped"
@@ -108,7 +108,7 @@ def ns_gateway(request, tmp_path):
         try:
             yield request.param, ns, s
         finally:
-            relstack.stop_all(s.daemons())
+            stack.stop_all(s.daemons())
     finally:
         ns.delete()
 
@@ -155,7 +155,7 @@ def test_rfc4475_torture(ns_gateway, record_property):
                 assert _options_ok(s, t), f"OPTIONS over {t} after the torture run"
             # A normal call still works both ways afterwards.
             pbx.reply_all = None
-            phone = WsPhone(s.ws_url, "1001")
+            phone = BlockingPhone(s.ws_url, "1001")
             try:
                 reg = phone.register()
                 assert reg is not None and reg.status == 200

@@ -255,15 +255,64 @@ async def _read_json(request: web.Request, required: bool = True) -> Any:
 
 
 def build_app(cfg: Settings) -> web.Application:
-    ep = Endpoint(cfg)
-    allowed = set(cfg.origins)
-    self_origins = set(cfg.self_origins)
+    api = _Api(cfg, Endpoint(cfg))
+    app = web.Application(middlewares=[api.errors_and_cors], client_max_size=64 * 1024)
+    app["endpoint"] = api.ep
+    app.on_shutdown.append(api.on_shutdown)
+    api.add_routes(app.router)
+    return app
+
+
+class _Api:
+    """The bridge's HTTP API over one Endpoint: the phone page and its WebSocket,
+    WWE 8.5's v1 calls, v2, call control. A method per route; add_routes lists them."""
+
+    def __init__(self, cfg: Settings, ep: Endpoint) -> None:
+        self.cfg = cfg
+        self.ep = ep
+        self.allowed = set(cfg.origins)
+        self.self_origins = set(cfg.self_origins)
+        self.versions = versions.collect()
+
+    def add_routes(self, r: web.UrlDispatcher) -> None:
+        r.add_get("/phone", self.phone_page)
+        r.add_get("/phone/", self.phone_page)
+        r.add_get("/phone/ws", self.phone_ws)
+        r.add_get("/phone/{name}", self.phone_asset)
+        # v1 (WWE 8.5)
+        for path, handler in (("/GetDnSIP", self.get_dn_sip),
+                              ("/GetIsEndpointActive", self.get_is_endpoint_active),
+                              ("/GetSIPEndpointParameters", self.get_endpoint_params), ("/Ping", self.ping)):
+            r.add_get(path, handler)
+        for path, handler in (("/SetOptions", self.set_options),
+                              ("/SetSIPEndpointParameters", self.set_endpoint_params),
+                              ("/RegisterDn", self.register_dn), ("/RegisterDn/", self.register_dn),
+                              ("/SetPingPeriod", self.set_ping_period)):
+            r.add_post(path, handler)
+        # v2
+        r.add_post("/register", self.v2_register)
+        r.add_delete("/register", self.v2_unregister)
+        r.add_get("/session", self.v2_get_session)
+        r.add_delete("/session", self.v2_delete_session)
+        r.add_post("/audio", self.v2_audio)
+        r.add_delete("/calls", self.v2_delete_calls)
+        # call control
+        r.add_get("/calls", self.list_calls)
+        r.add_post("/calls", self.make_call)
+        r.add_post("/calls/make", self.make_call)
+        for action, cmd in (("answer", "answer"), ("hangup", "hangup"), ("hold", "hold"),
+                            ("retrieve", "retrieve"), ("dtmf", "dtmf")):
+            # {uuid} may be "current": the agent's live call.
+            r.add_post(f"/calls/{{uuid}}/{action}", self.call_action(cmd))
+        r.add_delete("/calls/{uuid}", self.call_action("hangup"))
+        r.add_get("/health", self.health)
+        r.add_get("/", self.root)
 
     @web.middleware
-    async def errors_and_cors(request: web.Request, handler: Callable[[web.Request], Awaitable]):
+    async def errors_and_cors(self, request: web.Request, handler: Callable[[web.Request], Awaitable]):
         origin = request.headers.get("Origin")
-        cors = origin is not None and origin in allowed
-        if origin is not None and not cors and origin not in self_origins:
+        cors = origin is not None and origin in self.allowed
+        if origin is not None and not cors and origin not in self.self_origins:
             log.warning("refused origin=%s path=%s", origin, request.path)
             return _error(403, f"origin {origin} is not allowed (AGENT_ORIGINS)")
         if request.method == "OPTIONS":
@@ -278,36 +327,35 @@ def build_app(cfg: Settings) -> web.Application:
                 # Chrome's Private Network Access: WWE (public) calling 127.0.0.1.
                 resp.headers["Access-Control-Allow-Private-Network"] = "true"
         else:
-            try:
-                resp = await handler(request)
-            except BadRequest as exc:
-                resp = _error(400, str(exc))
-            except Conflict as exc:
-                resp = _error(409, str(exc))
-            except NoPage:
-                resp = _error(503, f"the phone page is not open: open {cfg.page_url}")
-            except asyncio.TimeoutError:
-                resp = _error(504, "the phone page did not answer in time")
-            except web.HTTPException as exc:
-                if exc.content_type == "application/json" or exc.status < 400:
-                    raise
-                resp = _error(exc.status, exc.reason)
+            resp = await self._handle(request, handler)
         if cors:
             resp.headers["Access-Control-Allow-Origin"] = origin
             resp.headers["Vary"] = "Origin"
         return resp
 
-    app = web.Application(middlewares=[errors_and_cors], client_max_size=64 * 1024)
-    app["endpoint"] = ep
-    r = app.router
+    async def _handle(self, request: web.Request, handler: Callable[[web.Request], Awaitable]):
+        """The handler's answer, its exceptions as JSON errors."""
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except Conflict as exc:
+            return _error(409, str(exc))
+        except NoPage:
+            return _error(503, f"the phone page is not open: open {self.cfg.page_url}")
+        except asyncio.TimeoutError:
+            return _error(504, "the phone page did not answer in time")
+        except web.HTTPException as exc:
+            if exc.content_type == "application/json" or exc.status < 400:
+                raise
+            return _error(exc.status, exc.reason)
 
-    async def on_shutdown(_app: web.Application) -> None:
-        if ep.page is not None:
-            await ep.page.close(code=1001, message=b"bridge stopping")
-    app.on_shutdown.append(on_shutdown)
+    async def on_shutdown(self, _app: web.Application) -> None:
+        if self.ep.page is not None:
+            await self.ep.page.close(code=1001, message=b"bridge stopping")
 
     # ------------------------------------------------------------ page
-    async def phone_page(request: web.Request) -> web.StreamResponse:
+    async def phone_page(self, request: web.Request) -> web.StreamResponse:
         resp = web.FileResponse(STATIC_DIR / "phone.html")
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["Content-Security-Policy"] = (
@@ -315,7 +363,7 @@ def build_app(cfg: Settings) -> web.Application:
             "style-src 'self'; script-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
         return resp
 
-    async def phone_asset(request: web.Request) -> web.StreamResponse:
+    async def phone_asset(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         path = STATIC_DIR / name if name in ("phone.css", "phone.js", "phone.js.map") else None
         if path is None or not path.exists():
@@ -324,9 +372,10 @@ def build_app(cfg: Settings) -> web.Application:
         resp.headers["Cache-Control"] = "no-cache"
         return resp
 
-    async def phone_ws(request: web.Request) -> web.StreamResponse:
+    async def phone_ws(self, request: web.Request) -> web.StreamResponse:
+        ep = self.ep
         origin = request.headers.get("Origin")
-        if origin not in self_origins:
+        if origin not in self.self_origins:
             return _error(403, "only the phone page served here may connect")
         ws = web.WebSocketResponse(heartbeat=20, max_msg_size=256 * 1024)
         await ws.prepare(request)
@@ -336,7 +385,7 @@ def build_app(cfg: Settings) -> web.Application:
             await old.close(code=4001, message=b"replaced by a newer phone page")
         ep.page = ws
         ep.event("page", state="open")
-        await ws.send_json({"cmd": "hello", "args": {"gateway_ws": cfg.gateway_ws}})
+        await ws.send_json({"cmd": "hello", "args": {"gateway_ws": self.cfg.gateway_ws}})
         if ep.wanted is not None:
             await ws.send_json({"cmd": "register", "args": ep.register_args()})
         try:
@@ -359,19 +408,16 @@ def build_app(cfg: Settings) -> web.Application:
             ep.drop_page(ws)
         return ws
 
-    r.add_get("/phone", phone_page)
-    r.add_get("/phone/", phone_page)
-    r.add_get("/phone/ws", phone_ws)
-    r.add_get("/phone/{name}", phone_asset)
-
     # ------------------------------------------------------------ helpers
-    async def start_registration(reg: Registration) -> None:
+    async def start_registration(self, reg: Registration) -> None:
+        ep = self.ep
         ep.wanted = reg
         ep.event("register_requested", dn=reg.dn, server=reg.server)
         if ep.page is not None:
             await ep.command("register", **ep.register_args())
 
-    def registration_from(body: dict) -> Registration:
+    def registration_from(self, body: dict) -> Registration:
+        ep = self.ep
         dn = _str({"dn": _first(body, "users") if "users" in body else body.get("user", body.get("dn"))},
                   "dn", DN_RE, required=True, what="DN")
         server = _str({"server": _first(body, "addresses") if "addresses" in body else body.get("server")},
@@ -394,69 +440,64 @@ def build_app(cfg: Settings) -> web.Application:
         return Registration(dn, server, password, str(display)[:64], expires)
 
     # ------------------------------------------------------------ v1 (WWE 8.5)
-    async def get_dn_sip(request: web.Request) -> web.Response:
+    async def get_dn_sip(self, request: web.Request) -> web.Response:
+        ep = self.ep
         dn = ep.page_state.get("dn") or (ep.wanted.dn if ep.wanted else "")
         return _json({"GetDnSIPResult": dn or ""})
 
-    async def set_options(request: web.Request) -> web.Response:
+    async def set_options(self, request: web.Request) -> web.Response:
         value = _body_value(await _read_json(request))
-        ep.options.update(value)
+        self.ep.options.update(value)
         return _json({"SetOptionsResult": True})
 
-    async def set_endpoint_params(request: web.Request) -> web.Response:
+    async def set_endpoint_params(self, request: web.Request) -> web.Response:
         value = _body_value(await _read_json(request))
-        ep.params.update(value)
+        self.ep.params.update(value)
         return _json({"SetSIPEndpointParametersResult": True})
 
-    async def register_dn(request: web.Request) -> web.Response:
+    async def register_dn(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
         for key in ("addresses", "users"):
             if not isinstance(body.get(key), list) or not body[key]:
                 raise BadRequest(f'"{key}" must be a non-empty list')
-        await start_registration(registration_from(body))
+        await self.start_registration(self.registration_from(body))
         return _json({"RegisterDnResult": True})
 
-    async def get_is_endpoint_active(request: web.Request) -> web.Response:
-        return _json({"GetIsEndpointActiveResult": ep.registration == "registered"})
+    async def get_is_endpoint_active(self, request: web.Request) -> web.Response:
+        return _json({"GetIsEndpointActiveResult": self.ep.registration == "registered"})
 
-    async def get_endpoint_params(request: web.Request) -> web.Response:
+    async def get_endpoint_params(self, request: web.Request) -> web.Response:
+        ep = self.ep
         return _json({"GetSIPEndpointParametersResult": {
             "EndpointStatus": ep.endpoint_status(),
             "DN": ep.page_state.get("dn") or (ep.wanted.dn if ep.wanted else ""),
             "Server": ep.wanted.server if ep.wanted else "",
-            "Gateway": cfg.gateway_ws,
+            "Gateway": self.cfg.gateway_ws,
             "Registration": ep.registration,
             "Calls": [{"uuid": c.get("uuid"), "state": c.get("state")} for c in ep.calls],
             "PhonePageOpen": ep.page is not None,
             "Parameters": {k: v for k, v in ep.params.items() if "password" not in k.lower()},
         }})
 
-    async def set_ping_period(request: web.Request) -> web.Response:
+    async def set_ping_period(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         value = body.get("value", body.get("period")) if isinstance(body, dict) else body
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 3600:
             raise BadRequest("ping period must be a number of seconds between 1 and 3600")
-        ep.ping_period = int(value)
+        self.ep.ping_period = int(value)
         return _json({"SetPingPeriodResult": True})
 
-    async def ping(request: web.Request) -> web.Response:
+    async def ping(self, request: web.Request) -> web.Response:
+        ep = self.ep
         items = [{"event": "status", "status": ep.endpoint_status(), "time": round(time.time(), 3)}]
         items += list(ep.events)
         ep.events.clear()
         return _json({"PingResult": items})
 
-    for path, handler in (("/GetDnSIP", get_dn_sip), ("/GetIsEndpointActive", get_is_endpoint_active),
-                          ("/GetSIPEndpointParameters", get_endpoint_params), ("/Ping", ping)):
-        r.add_get(path, handler)
-    for path, handler in (("/SetOptions", set_options), ("/SetSIPEndpointParameters", set_endpoint_params),
-                          ("/RegisterDn", register_dn), ("/RegisterDn/", register_dn),
-                          ("/SetPingPeriod", set_ping_period)):
-        r.add_post(path, handler)
-
     # ------------------------------------------------------------ v2
-    async def v2_register(request: web.Request) -> web.Response:
+    async def v2_register(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
@@ -465,16 +506,17 @@ def build_app(cfg: Settings) -> web.Application:
             if not isinstance(conns, list) or not conns or not isinstance(conns[0], dict):
                 raise BadRequest('"connections" must be a non-empty list of objects')
             body = {**body, **conns[0]}
-        await start_registration(registration_from(body))
+        await self.start_registration(self.registration_from(body))
         return _json({"status": "registering"})
 
-    async def v2_unregister(request: web.Request) -> web.Response:
-        ep.wanted = None
-        if ep.page is not None:
-            await ep.command("unregister")
+    async def v2_unregister(self, request: web.Request) -> web.Response:
+        self.ep.wanted = None
+        if self.ep.page is not None:
+            await self.ep.command("unregister")
         return _json({"status": "unregistered"})
 
-    def session_info() -> dict:
+    def session_info(self) -> dict:
+        ep = self.ep
         audio = ep.page_state.get("audio", {})
         reg = ep.wanted
         return {
@@ -493,16 +535,17 @@ def build_app(cfg: Settings) -> web.Application:
                 "rtt_ms": ep.page_state.get("rtt_ms"),
             },
             "connectivities": {
-                "protocol": "wss" if cfg.gateway_ws.startswith("wss") else "ws",
+                "protocol": "wss" if self.cfg.gateway_ws.startswith("wss") else "ws",
                 "connections": [{"server": reg.server, "user": reg.dn,
                                  "state": ep.registration.upper()}] if reg else [],
             },
         }
 
-    async def v2_get_session(request: web.Request) -> web.Response:
-        return _json(session_info())
+    async def v2_get_session(self, request: web.Request) -> web.Response:
+        return _json(self.session_info())
 
-    async def v2_delete_session(request: web.Request) -> web.Response:
+    async def v2_delete_session(self, request: web.Request) -> web.Response:
+        ep = self.ep
         ep.wanted = None
         ep.options.clear()
         ep.params.clear()
@@ -510,7 +553,7 @@ def build_app(cfg: Settings) -> web.Application:
             await ep.command("unregister")
         return _json({"status": "closed"})
 
-    async def v2_audio(request: web.Request) -> web.Response:
+    async def v2_audio(self, request: web.Request) -> web.Response:
         body = await _read_json(request)
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
@@ -532,25 +575,19 @@ def build_app(cfg: Settings) -> web.Application:
             args["speaker_volume"] = int(vol)
         if not args:
             raise BadRequest("nothing to change: give microphone.muted, speaker.muted or speaker.volume")
-        await ep.command("audio", **args)
-        return _json(session_info()["devices"])
+        await self.ep.command("audio", **args)
+        return _json(self.session_info()["devices"])
 
-    async def v2_delete_calls(request: web.Request) -> web.Response:
-        result = await ep.command("hangup_all")
+    async def v2_delete_calls(self, request: web.Request) -> web.Response:
+        result = await self.ep.command("hangup_all")
         return _json({"released": result.get("released", 0)})
 
-    r.add_post("/register", v2_register)
-    r.add_delete("/register", v2_unregister)
-    r.add_get("/session", v2_get_session)
-    r.add_delete("/session", v2_delete_session)
-    r.add_post("/audio", v2_audio)
-    r.add_delete("/calls", v2_delete_calls)
-
     # ------------------------------------------------------------ call control
-    async def list_calls(request: web.Request) -> web.Response:
-        return _json({"calls": ep.calls})
+    async def list_calls(self, request: web.Request) -> web.Response:
+        return _json({"calls": self.ep.calls})
 
-    async def make_call(request: web.Request) -> web.Response:
+    async def make_call(self, request: web.Request) -> web.Response:
+        ep = self.ep
         body = await _read_json(request)
         if not isinstance(body, dict):
             raise BadRequest("expected a JSON object")
@@ -562,7 +599,9 @@ def build_app(cfg: Settings) -> web.Application:
         result = await ep.command("make", target=target)
         return _json(result, 201)
 
-    def call_action(cmd: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def call_action(self, cmd: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        ep = self.ep
+
         async def handler(request: web.Request) -> web.Response:
             args: dict[str, Any] = {}
             if cmd == "dtmf":
@@ -575,31 +614,18 @@ def build_app(cfg: Settings) -> web.Application:
             return _json({"uuid": call["uuid"], **result})
         return handler
 
-    app_versions = versions.collect()
-
-    async def health(request: web.Request) -> web.Response:
+    async def health(self, request: web.Request) -> web.Response:
+        ep = self.ep
         return _json({
             "status": "ok",
             "page": ep.page is not None,
             "registration": ep.registration,
             "endpoint_status": ep.endpoint_status(),
             "calls": len([c for c in ep.calls if c.get("state") != "ended"]),
-            "gateway_ws": cfg.gateway_ws,
+            "gateway_ws": self.cfg.gateway_ws,
             "uptime_s": round(time.time() - ep.started, 1),
-            "versions": app_versions,
+            "versions": self.versions,
         })
 
-    r.add_get("/calls", list_calls)
-    r.add_post("/calls", make_call)
-    r.add_post("/calls/make", make_call)
-    for action, cmd in (("answer", "answer"), ("hangup", "hangup"), ("hold", "hold"),
-                        ("retrieve", "retrieve"), ("dtmf", "dtmf")):
-        # {uuid} may be "current": the agent's live call.
-        r.add_post(f"/calls/{{uuid}}/{action}", call_action(cmd))
-    r.add_delete("/calls/{uuid}", call_action("hangup"))
-    r.add_get("/health", health)
-
-    async def root(request: web.Request) -> web.Response:
+    async def root(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/phone")
-    r.add_get("/", root)
-    return app

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from support.fakepbx import FakePbx
-from support.minphone import WsPhone
+from support.wsphone import BlockingPhone
 
 
 def _wait(check, timeout: float) -> bool:
@@ -18,7 +18,7 @@ def _wait(check, timeout: float) -> bool:
     return bool(check())
 
 
-def outbound(phone: WsPhone, pbx: FakePbx, dn: str = "2000", timeout: float = 5.0) -> str:
+def outbound(phone: BlockingPhone, pbx: FakePbx, dn: str = "2000", timeout: float = 5.0) -> str:
     """Phone calls the PBX. Returns "ok" or what went wrong."""
     call = phone.call(dn, timeout=timeout)
     if call.status != 200:
@@ -33,7 +33,7 @@ def outbound(phone: WsPhone, pbx: FakePbx, dn: str = "2000", timeout: float = 5.
     return "ok"
 
 
-def inbound(pbx: FakePbx, gateway: tuple[str, int], phone: WsPhone, dn: str | None = None,
+def inbound(pbx: FakePbx, gateway: tuple[str, int], phone: BlockingPhone, dn: str | None = None,
             timeout: float = 5.0) -> str:
     """The PBX calls the agent's DN at `gateway`. Returns "ok" or what went wrong."""
     dn = dn or phone.user

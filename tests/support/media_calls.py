@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 
 from support.rtp_pbx import MediaPlan, PbxLeg, RtpPbx
 from support.rtpaudio import Flow, flow
+from support.waits import wait_until
 from support.webrtc_phone import PhoneCall, WebRtcPhone
 
 PHONE_TONE = 1000.0
@@ -66,14 +67,9 @@ class Scenario:
 
 
 async def _wait(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+    """wait_until in a worker thread: the event loop goes on carrying the call meanwhile
+    (the checks only read state)."""
+    return await asyncio.to_thread(wait_until, check, timeout, what)
 
 
 async def run_scenario(sc: Scenario, stack: Any, pbx: RtpPbx) -> Scenario:
@@ -92,7 +88,9 @@ async def run_scenario(sc: Scenario, stack: Any, pbx: RtpPbx) -> Scenario:
 
 
 async def _run(sc: Scenario, stack: Any, pbx: RtpPbx) -> None:
-    sc.phone = WebRtcPhone(stack.ws_url, sc.dn, freq=PHONE_TONE, mdns=sc.mdns, offer_cn=sc.offer_cn)
+    # A stack may bring its own phone class (the deploy test's: WSS through nginx, with an Origin).
+    phone_cls = getattr(stack, "phone_class", WebRtcPhone)
+    sc.phone = phone_cls(stack.ws_url, sc.dn, freq=PHONE_TONE, mdns=sc.mdns, offer_cn=sc.offer_cn)
     await sc.phone.connect()
     sc.statuses["register"] = await sc.phone.register()
     assert sc.statuses["register"] == 200, f"REGISTER got {sc.statuses['register']}"
@@ -169,24 +167,17 @@ def hold_resume(who: str, style: str = "sendonly", talk: float = 3.0, held: floa
 
     async def script(sc: Scenario) -> None:
         await asyncio.sleep(talk)
-        sc.mark("hold")
-        if who == "pbx":
-            sc.statuses["hold"] = await asyncio.to_thread(sc.leg.reinvite, style)
-        else:
-            sc.statuses["hold"] = await sc.call.hold()
-        sc.mark("held")
-        sc.notes["held_sdp_to_phone"] = sc.call.sdps_in[-1].direction
-        sc.notes["held_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
-        await asyncio.sleep(held)
-        sc.mark("resume")
-        if who == "pbx":
-            sc.statuses["resume"] = await asyncio.to_thread(sc.leg.reinvite, "sendrecv")
-        else:
-            sc.statuses["resume"] = await sc.call.resume()
-        sc.mark("resumed")
-        sc.notes["resumed_sdp_to_phone"] = sc.call.sdps_in[-1].direction
-        sc.notes["resumed_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
-        await asyncio.sleep(after)
+        for step, done, direction, then in (("hold", "held", style, held),
+                                            ("resume", "resumed", "sendrecv", after)):
+            sc.mark(step)
+            if who == "pbx":
+                sc.statuses[step] = await asyncio.to_thread(sc.leg.reinvite, direction)
+            else:
+                sc.statuses[step] = await (sc.call.hold() if step == "hold" else sc.call.resume())
+            sc.mark(done)
+            sc.notes[f"{done}_sdp_to_phone"] = sc.call.sdps_in[-1].direction
+            sc.notes[f"{done}_sdp_to_pbx"] = sc.leg.remote_sdps[-1].direction
+            await asyncio.sleep(then)
 
     return script
 

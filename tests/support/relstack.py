@@ -1,7 +1,8 @@
-"""Gateway stacks for the reliability tests, built from the same gw/stack.py
-helpers as tests/conftest.py: a stack inside a loopback-only network
-namespace, extra rtpengines, extra Kamailio nodes and a Redis Sentinel set.
-Every daemon is waited for by protocol and stopped by its own pid."""
+"""Gateway stacks for the reliability tests, built with gw/stack.py's builder as
+tests/conftest.py's are: a stack inside a loopback-only network namespace (wrap,
+probe), extra rtpengines and Kamailio nodes (gw.stack.start_rtpengine /
+start_kamailio), a Redis Sentinel set; killing and restarting a daemon. Every
+daemon is waited for by protocol and stopped by its own pid."""
 from __future__ import annotations
 
 import os
@@ -13,20 +14,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ContextManager
 
 from conftest import Stack
 from gw import stack
-from kemi import settings as settings_mod
 from kemi.ng import NgClient
-from kemi.settings import HostPort, Settings
+from kemi.settings import HostPort
 
-Wrap = Callable[[list[str]], list[str]]
 HOST = "127.0.0.1"
-
-
-def _same(argv: list[str]) -> list[str]:
-    return argv
 
 
 def media_range(slot: int) -> tuple[int, int]:
@@ -39,68 +33,9 @@ def free_tcp() -> int:
     return stack.free_port(HOST, kind=socket.SOCK_STREAM)
 
 
-def base_env(base: Path, *, host: str = HOST, pbx: HostPort | None = None, redis_url: str | None = None,
-             rtpengines: list[HostPort] | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    rtps = rtpengines or [HostPort(HOST, stack.free_port(HOST))]
-    env.update({
-        "GW_WS_LISTEN": f"{host}:{free_tcp()}",
-        "GW_SIP_LISTEN": f"{host}:{stack.free_port(HOST)}",
-        "GW_PBX": str(pbx or HostPort(HOST, stack.free_port(HOST))),
-        "GW_REDIS_URL": redis_url or f"redis://{HOST}:{free_tcp()}/0",
-        "GW_RTPENGINE": " ".join(f"udp:{r}" for r in rtps),
-        "GW_MEDIA_IP": HOST,
-        "GW_MEDIA_PORTS": "{}-{}".format(*media_range(0)),
-        "PROMETHEUS_MULTIPROC_DIR": str(base / "metrics"),
-    })
-    env.update(extra or {})
-    return env
-
-
-def start_redis(addr: HostPort, base: Path, name: str = "redis", wrap: Wrap = _same,
-                probe: Callable[[], ContextManager] = nullcontext,
-                extra_args: list[str] | None = None) -> stack.Daemon:
-    data = base / name
-    data.mkdir(parents=True, exist_ok=True)
-    argv = wrap(stack.redis_argv(addr, data) + (extra_args or []))
-    d = stack.Daemon(name, argv, base / f"{name}.log").start()
-
-    def ready() -> bool:
-        with probe():
-            return stack.redis_ping(addr.host, addr.port)
-    stack.wait_for(ready, 10, name, d)
-    return d
-
-
-def start_rtpengine(cfg: Settings, ng: HostPort, ports: tuple[int, int], base: Path, name: str = "rtpengine",
-                    wrap: Wrap = _same, probe: Callable[[], ContextManager] = nullcontext) -> stack.Daemon:
-    d = stack.Daemon(name, wrap(stack.rtpengine_argv(cfg, ng, log_level=6, ports=ports)),
-                     base / f"{name}.log").start()
-
-    def ready() -> bool:
-        with probe():
-            return stack.ng_ping(ng)
-    stack.wait_for(ready, 10, name, d)
-    return d
-
-
-def start_kamailio(cfg: Settings, env: dict[str, str], run_dir: Path, name: str = "kamailio",
-                   wrap: Wrap = _same, probe: Callable[[], ContextManager] = nullcontext,
-                   log_path: Path | None = None) -> stack.Daemon:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    d = stack.Daemon(name, wrap(stack.kamailio_argv(cfg, run_dir, children=2)),
-                     log_path or run_dir / "kamailio.log", env=env).start()
-
-    def ready() -> bool:
-        with probe():
-            return (stack.sip_options(cfg.sip_listen.host, cfg.sip_listen.port) or "").startswith("SIP/2.0 200")
-    try:
-        stack.wait_for(ready, 20, name, d)
-    except Exception:
-        d.stop()
-        print(f"----- {name} log -----\n{d.log_text()[-5000:]}")
-        raise
-    return d
+def base_env(base: Path, **kw) -> dict[str, str]:
+    """GW_* settings on free ports of HOST, media in this process's media_range(0)."""
+    return stack.gateway_env(base, media_range(0), host=HOST, **kw)
 
 
 def restart(d: stack.Daemon) -> stack.Daemon:
@@ -108,33 +43,11 @@ def restart(d: stack.Daemon) -> stack.Daemon:
     return stack.Daemon(d.name, d.argv, d.log_path, env=d.env).start()
 
 
-def start_stack(base: Path, extra_env: dict[str, str] | None = None, *, wrap: Wrap = _same,
-                probe: Callable[[], ContextManager] = nullcontext) -> Stack:
+def start_stack(base: Path, extra_env: dict[str, str] | None = None, *, wrap: stack.Wrap = lambda a: a,
+                probe: stack.Probe = nullcontext) -> Stack:
     """One gateway (Redis, rtpengine, Kamailio) like conftest's, optionally in a namespace."""
-    base.mkdir(parents=True, exist_ok=True)
-    env = base_env(base, extra=extra_env)
-    cfg = settings_mod.load(env)
-    started: list[stack.Daemon] = []
-    try:
-        redis = start_redis(stack.redis_addr(cfg.redis_url), base, wrap=wrap, probe=probe)
-        started.append(redis)
-        rtp = start_rtpengine(cfg, cfg.rtpengines[0], cfg.media_ports, base, wrap=wrap, probe=probe)
-        started.append(rtp)
-        kam = start_kamailio(cfg, env, base, wrap=wrap, probe=probe)
-        started.append(kam)
-    except Exception:
-        for d in reversed(started):
-            d.stop()
-        raise
-    return Stack(env, cfg, base, redis, rtp, kam, cfg.pbx, cfg.media_ports)
-
-
-def stop_all(daemons: list[stack.Daemon]) -> None:
-    for d in reversed(daemons):
-        try:
-            d.stop()
-        except Exception:
-            pass
+    g = stack.start_gateway(base, base_env(base, extra=extra_env), wrap=wrap, probe=probe)
+    return Stack(**vars(g), pbx=g.cfg.pbx, media_ports=g.cfg.media_ports)
 
 
 def ng_sessions(addr: HostPort) -> list[str]:
@@ -175,7 +88,7 @@ class SentinelSet:
             return "down"
 
     def stop(self) -> None:
-        stop_all(list(self.redis.values()) + list(self.sentinels.values()))
+        stack.stop_all(list(self.redis.values()) + list(self.sentinels.values()))
 
 
 def start_sentinel_set(base: Path, master_name: str = "gwmaster") -> SentinelSet:
@@ -185,10 +98,12 @@ def start_sentinel_set(base: Path, master_name: str = "gwmaster") -> SentinelSet
     s = SentinelSet(base, master_name)
     try:
         primary = HostPort(HOST, free_tcp())
-        s.redis[primary.port] = start_redis(primary, base, "redis-a")
+        s.redis[primary.port] = stack.start_redis(primary, base / "redis-a", base / "redis-a.log",
+                                                  name="redis-a")
         replica = HostPort(HOST, free_tcp())
-        s.redis[replica.port] = start_redis(replica, base, "redis-b",
-                                            extra_args=["--replicaof", HOST, str(primary.port)])
+        s.redis[replica.port] = stack.start_redis(replica, base / "redis-b", base / "redis-b.log",
+                                                  name="redis-b",
+                                                  extra_args=["--replicaof", HOST, str(primary.port)])
         import redis as redis_py
         r = redis_py.Redis(HOST, replica.port, socket_timeout=0.5)
         stack.wait_for(lambda: r.info("replication").get("master_link_status") == "up", 10,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
+from kemi.bindings import split_top  # the gateway's own splitter (pure)
+
 COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
            "l": "content-length", "c": "content-type", "k": "supported", "s": "subject"}
 # Headers whose comma-separated values are separate entries (RFC 3261 7.3.1).
@@ -18,25 +20,6 @@ def new_branch() -> str:
 
 def new_tag() -> str:
     return uuid.uuid4().hex[:10]
-
-
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside <> and quotes."""
-    out, buf, depth, quoted = [], [], 0, False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted and ch == "<":
-            depth += 1
-        elif not quoted and ch == ">":
-            depth -= 1
-        if ch == sep and depth == 0 and not quoted:
-            out.append("".join(buf).strip())
-            buf = []
-        else:
-            buf.append(ch)
-    out.append("".join(buf).strip())
-    return [p for p in out if p]
 
 
 @dataclass

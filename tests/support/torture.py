@@ -17,7 +17,7 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
-from support.minphone import ws_connect
+from support.wsphone import ws_connect
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "torture"
 

@@ -22,6 +22,17 @@ kept minimal: a client transaction is the Via branch we put in a request.
 Everything received is kept in `phone.received` (parsed SipMessage objects,
 or ones with `.error` set when unparsable); `next_message()` consumes them in
 order for tests that drive the wire by hand with `send_raw()`.
+
+Threaded tests (the reliability tests, next to the threaded FakePbx) use the same
+phone through BlockingPhone, which runs it on a background event loop:
+
+    phone = BlockingPhone("ws://127.0.0.1:8080", "1001")
+    assert phone.register().status == 200
+    call = phone.call("2000"); call.bye()
+    got = phone.next_incoming(3); got.acked.wait(3); got.ended.wait(3)
+    phone.close()
+
+`ws_connect()` opens a bare (sync) WebSocket for tests that send raw frames.
 """
 from __future__ import annotations
 
@@ -31,9 +42,14 @@ import hashlib
 import logging
 import random
 import re
+import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
+from urllib.parse import urlparse
+
+from websockets.sync.client import connect as _ws_connect_sync
 
 try:  # websockets >= 13
     from websockets.asyncio.client import connect as _ws_connect
@@ -725,12 +741,16 @@ class WsPhone:
     @classmethod
     async def connect(cls, url: str, *, user: str, domain: str, password: str | None = None,
                       origin: str | None = None, open_timeout: float = 5.0,
-                      source_ip: str | None = None, ssl_context=None, **kw) -> "WsPhone":
+                      source_ip: str | None = None, ssl_context=None,
+                      sock: socket.socket | None = None, **kw) -> "WsPhone":
         """source_ip: connect from that local address (127.0.0.x: another "host");
-        ssl_context: for wss:// (e.g. trusting a test certificate)."""
+        ssl_context: for wss:// (e.g. trusting a test certificate); sock: a TCP socket
+        already connected to the gateway (opened inside a network namespace, say)."""
         extra: dict = {"local_addr": (source_ip, 0)} if source_ip else {}
         if ssl_context is not None:
             extra["ssl"] = ssl_context
+        if sock is not None:
+            extra["sock"] = sock
         ws = await _ws_connect(url, subprotocols=["sip"], origin=origin, open_timeout=open_timeout,
                                ping_interval=None, **extra)
         return cls(ws, user=user, domain=domain, password=password, **kw)
@@ -1131,3 +1151,150 @@ REASONS = {100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "
            481: "Call/Transaction Does Not Exist", 486: "Busy Here", 487: "Request Terminated",
            488: "Not Acceptable Here", 489: "Bad Event", 491: "Request Pending",
            500: "Server Internal Error", 503: "Service Unavailable", 603: "Decline"}
+
+
+# ------------------------------------------------------------------ blocking use
+
+def ws_connect(url: str, **kw):
+    """A bare sync WebSocket client kept open outside a `with` block, for tests that
+    write raw frames (websockets >= 15 wants legacy=True for that, older versions do
+    not know the flag)."""
+    try:
+        return _ws_connect_sync(url, legacy=True, **kw)
+    except TypeError:
+        return _ws_connect_sync(url, **kw)
+
+
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_lock = threading.Lock()
+
+
+def _run(coro, timeout: float):
+    """Run coro on the one background loop every BlockingPhone of this process shares."""
+    global _loop
+    with _loop_lock:
+        if _loop is None:
+            _loop = asyncio.new_event_loop()
+            threading.Thread(target=_loop.run_forever, name="wsphone", daemon=True).start()
+    return asyncio.run_coroutine_threadsafe(coro, _loop).result(timeout)
+
+
+class _Flag:
+    """threading.Event's is_set()/wait() over a condition of the phone's state."""
+
+    def __init__(self, phone: "WsPhone", check: Callable[[], object]) -> None:
+        self._phone, self._check = phone, check
+
+    def is_set(self) -> bool:
+        return bool(self._check())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        limit = 3600.0 if timeout is None else timeout
+        try:
+            _run(self._phone._wait(self._check, limit), limit + 2)
+        except (TimeoutError, ConnectionError):
+            pass
+        return self.is_set()
+
+
+class BlockingCall:
+    """A call placed with BlockingPhone.call(): final response (status 0: none came)."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.invite = call.invite
+
+    @property
+    def final(self) -> SipMessage | None:
+        return self.call.response
+
+    @property
+    def status(self) -> int:
+        return (self.call.response.status or 0) if self.call.response is not None else 0
+
+    def bye(self, timeout: float = 3.0) -> int:
+        """BYE; its final status, 0 when none came."""
+        try:
+            return _run(self.call.bye(timeout), timeout + 2).status or 0
+        except (TimeoutError, ConnectionError):
+            return 0
+
+
+class IncomingCall:
+    """A call to the phone (answered per its AnswerPolicy, auto by default)."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.invite = call.invite
+        self.acked = _Flag(call.phone, lambda: call.ack is not None)
+        self.ended = _Flag(call.phone, lambda: any(r.method == "BYE" for r in call.received))
+
+
+class BlockingPhone:
+    """WsPhone for threaded tests: each method blocks until done, and returns None or
+    status 0 where the async one would time out. `phone` is the WsPhone itself."""
+
+    def __init__(self, ws_url: str, user: str, *, domain: str = "pbx.test", origin: str | None = None,
+                 source_ip: str = "127.0.0.1", open_timeout: float = 3.0, **kw) -> None:
+        # The TCP connection is made here, in the caller's thread: from source_ip, and
+        # inside the caller's network namespace if it entered one.
+        url = urlparse(ws_url)
+        sock = socket.create_connection((url.hostname, url.port), timeout=open_timeout,
+                                        source_address=(source_ip, 0))
+        try:
+            self.phone: WsPhone = _run(WsPhone.connect(ws_url, user=user, domain=domain, origin=origin,
+                                                       open_timeout=open_timeout, sock=sock, **kw),
+                                       open_timeout + 2)
+        except BaseException:
+            sock.close()
+            raise
+        self.closed = _Flag(self.phone, self.phone.closed.is_set)
+
+    @property
+    def user(self) -> str:
+        return self.phone.user
+
+    @property
+    def reg_call_id(self) -> str:
+        return self.phone.reg_call_id
+
+    @property
+    def contact(self) -> str:
+        return self.phone.contact()
+
+    @property
+    def local(self) -> tuple:
+        """The WebSocket's local (address, port)."""
+        return self.phone.ws.local_address
+
+    @property
+    def requests(self) -> list[SipMessage]:
+        """Every request the phone received."""
+        return [m for m in list(self.phone.received) if m.is_request]
+
+    def register(self, expires: int = 600, timeout: float = 3.0) -> SipMessage | None:
+        try:
+            return _run(self.phone.register(expires, timeout=timeout), timeout + 2)
+        except (TimeoutError, ConnectionError):
+            return None
+
+    def call(self, dn: str, timeout: float = 5.0, sdp: str | None = None) -> BlockingCall:
+        """INVITE sip:<dn>@domain; returns at the final response (ACKed), or after timeout."""
+        async def invite() -> Call:
+            mine = len(self.phone.calls)            # invite() appends the call before it sends
+            try:
+                return await self.phone.invite(f"sip:{dn}@{self.phone.domain}", sdp or webrtc_sdp(),
+                                               timeout=timeout)
+            except (TimeoutError, ConnectionError):
+                return self.phone.calls[mine]
+        return BlockingCall(_run(invite(), timeout + 2))
+
+    def next_incoming(self, timeout: float = 3.0) -> IncomingCall | None:
+        try:
+            return IncomingCall(_run(self.phone.wait_incoming(timeout), timeout + 2))
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            _run(self.phone.close(), 15)

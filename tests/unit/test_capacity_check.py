@@ -1,5 +1,5 @@
-"""gwctl doctor's capacity check (gw/capacity.py), from given figures."""
-from gw import capacity
+"""gwctl doctor's capacity check (gw/ctl/doctor/capacity.py), from given figures."""
+from gw.ctl.doctor import capacity
 from kemi import settings
 
 MB = 1 << 20

@@ -12,7 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from support.wsphone import (  # noqa: E402
-    AnswerPolicy, SipMessage, WsPhone, authorization, digest_response, parse, parse_challenge,
+    AnswerPolicy, BlockingPhone, SipMessage, WsPhone, authorization, digest_response, parse, parse_challenge,
     parse_name_addr, sdp_bump_version, sdp_direction, sdp_set_direction, split_values, uri_params,
 )
 
@@ -492,3 +492,47 @@ def test_raw_api_options_and_unparsable_messages():
                 await peer.recv(timeout=0.3)
             await phone.close()
     run(main2())
+
+
+def test_blocking_phone_for_threaded_tests():
+    """BlockingPhone, the reliability tests' phone next to their threaded FakePbx: the
+    same WsPhone on a background loop, from another address; REGISTER, a call out and
+    its BYE, a call in answered, ACKed and ended, each step blocking its thread."""
+    async def main():
+        async with FakePeer() as peer:
+            phone = await asyncio.to_thread(BlockingPhone, peer.url, "1001", source_ip="127.0.0.3")
+            await peer.connected.wait()
+            assert peer.ws.remote_address[0] == "127.0.0.3" == phone.local[0]
+            reg = asyncio.create_task(asyncio.to_thread(phone.register))
+            r = await peer.recv("REGISTER")
+            assert r.call_id == phone.reg_call_id
+            await peer.send(peer.reply(r, 200))
+            assert (await reg).status == 200
+
+            out = asyncio.create_task(asyncio.to_thread(phone.call, "2000", 3.0))
+            inv = await peer.recv("INVITE")
+            assert inv.uri == "sip:2000@pbx.test" and inv.sdp
+            await peer.send(peer.reply(inv, 200, headers=[("Contact", "<sip:pbx@127.0.0.1:5060>")], body=SDP))
+            assert (await peer.recv("ACK")).call_id == inv.call_id
+            call = await out
+            assert call.status == 200 and call.invite.call_id == inv.call_id
+            bye = asyncio.create_task(asyncio.to_thread(call.bye))
+            await peer.send(peer.reply(await peer.recv("BYE"), 200, to_tag=None))
+            assert await bye == 200
+
+            assert await asyncio.to_thread(phone.next_incoming, 0.2) is None
+            incoming = _incoming_invite(phone.phone)
+            await peer.send(incoming)
+            got = await asyncio.to_thread(phone.next_incoming, 3)
+            assert got.invite.call_id == incoming.call_id and not got.acked.is_set()
+            await peer.recv(180)
+            ok = await peer.recv(200)
+            await peer.send(_in_dialog(incoming, ok, "ACK", 10))
+            assert await asyncio.to_thread(got.acked.wait, 3)
+            await peer.send(_in_dialog(incoming, ok, "BYE", 11))
+            assert await asyncio.to_thread(got.ended.wait, 3)
+            assert [m.method for m in phone.requests] == ["INVITE", "ACK", "BYE"]
+            assert not phone.closed.is_set()
+            await asyncio.to_thread(phone.close)
+            assert await asyncio.to_thread(phone.closed.wait, 3)
+    run(main())

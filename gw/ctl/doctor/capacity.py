@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from gw.ctl.doctor.base import Check, result
 from kemi.settings import Settings
 
 LOW = 0.20          # warn when less than this share is left
@@ -21,8 +22,7 @@ FIX = ("raise GW_MAX_AGENTS (Kamailio's memory and limits follow it; the host ne
 
 
 def _result(status: str, detail: str, fix: str = "", data: Optional[dict] = None) -> dict:
-    return {"name": "capacity", "status": status, "target": "", "detail": detail,
-            "fix": fix if status in ("warn", "fail") else "", "data": data or {}}
+    return result("capacity", status, detail, fix if status in ("warn", "fail") else "", data=data)
 
 
 def assess(cfg: Settings, ws_connections: int, shm_total: int, shm_free: int) -> dict:
@@ -64,3 +64,6 @@ def check(cfg: Settings, kam: Any) -> dict:
     except Exception as exc:  # kamcmd missing, socket down, odd reply: say so, do not crash doctor
         return _result("skip", f"Kamailio's control socket does not answer: {exc}")
     return assess(cfg, ws or 0, total, free)
+
+
+CHECK = Check("capacity", lambda ctx, engine: check(ctx.cfg, ctx.kam))

@@ -5,8 +5,7 @@
     gwctl unban IP [DN]        lift the ban on IP for DN, or every ban on IP,
                                with the failures counted so far; exit 1 if none
 
-Self-contained (gwctl's parser and main only hand over a Redis client), so it
-moves as one piece. Stdlib, redis and kemi's pure modules only.
+Stdlib, redis and kemi's pure modules only.
 """
 from __future__ import annotations
 
@@ -15,7 +14,10 @@ import json
 import sys
 from typing import Any, Optional
 
+from gw.ctl.common import GwctlError, redact_url, redis_client
+from gw.ctl.kamailio import Kamailio
 from kemi import authguard, bindings
+from kemi.settings import Settings
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -24,6 +26,19 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     u = sub.add_parser("unban", parents=[common], help="lift a ban: IP [DN]")
     u.add_argument("ip", help="the banned address")
     u.add_argument("dn", nargs="?", help="only this DN's ban (default: every ban on IP)")
+
+
+def command(cfg: Settings, kam: Kamailio, args: argparse.Namespace, env: dict[str, str]) -> int:
+    """gwctl bans and gwctl unban."""
+    import redis
+
+    try:
+        client = redis_client(cfg.redis_url)
+        if args.command == "bans":
+            return cmd_bans(client, args.json)
+        return cmd_unban(client, args.ip, args.dn, args.json)
+    except redis.RedisError as exc:
+        raise GwctlError(f"Redis {redact_url(cfg.redis_url)}: {exc}") from None
 
 
 def cmd_bans(client: Any, as_json: bool) -> int:
