@@ -206,6 +206,7 @@ def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4,
         log_level = KAMAILIO_LEVELS[cfg.log_level]
     defines = cfg.kamailio_defines() + [
         f'CTL_SOCK="unix:{run_dir}/kamailio_ctl"',
+        f'PBX_LIST="{write_pbx_list(cfg, run_dir)}"',
         f'APP_PY="{APP_PY}"',
         f"LOG_LEVEL={log_level}",
         f"CHILDREN={children}",
@@ -246,6 +247,14 @@ def raise_nofile(cfg: Settings) -> list[str]:
                         f"calls ({sizing.RTPENGINE_PORTS_PER_CALL} ports each), fewer than "
                         f"GW_MAX_AGENTS={size.max_agents}: widen it if more agents than that talk at once")
     return warnings
+
+
+def write_pbx_list(cfg: Settings, run_dir: Path) -> Path:
+    """GW_PBX as the list file Kamailio's dispatcher loads at start, rewritten
+    from the settings before every start so it never goes stale."""
+    path = run_dir / "pbx.list"
+    path.write_text(cfg.dispatcher_list())
+    return path
 
 
 def is_local(host: str) -> bool:
