@@ -137,6 +137,8 @@ class Daemon:
     argv: list[str]
     log_path: Optional[Path] = None
     env: Optional[dict[str, str]] = None
+    # Run in the child before exec (gw/supervise.py: the parent-death signal).
+    preexec: Optional[Callable[[], None]] = None
     popen: subprocess.Popen = field(init=False)
     _log: Optional[IO[bytes]] = field(init=False, default=None)
 
@@ -148,7 +150,8 @@ class Daemon:
             out = None  # inherit the terminal (make run)
         # Own process group: Ctrl-C in `make run` reaches us, and we stop children in order.
         self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+                                      preexec_fn=self.preexec)
         return self
 
     @property
