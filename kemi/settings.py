@@ -121,10 +121,13 @@ class Settings:
 
     def dispatcher_list(self) -> str:
         """Kamailio dispatcher's list file: set PBX_SET, GW_PBX in priority order
-        (the first entry gets the highest priority; ds_select_dst algorithm 8)."""
+        (the first entry gets the highest priority; ds_select_dst algorithm 8).
+        A host name gets flag 16: resolved when used, as a single GW_PBX always
+        was, not once at start (where a name that fails to resolve is dropped)."""
         lines = ["# setid uri flags priority - generated from GW_PBX (kemi/settings.py)"]
         for i, pbx in enumerate(self.pbxs):
-            lines.append(f"{PBX_SET} {pbx_uri(pbx)} 0 {len(self.pbxs) - i}")
+            flags = 0 if _is_ip(pbx.host) else 16
+            lines.append(f"{PBX_SET} {pbx_uri(pbx)} {flags} {len(self.pbxs) - i}")
         return "\n".join(lines) + "\n"
 
     @property
@@ -158,6 +161,14 @@ def _ip(name: str, value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise SettingsError(f"{name}={value!r}: expected an IP address") from None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
 
 
 def _port(name: str, value: str) -> int:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Stack, _start_stack, _stop_stack, wait_until
+from gw import stack
 from support.fakepbx import FakePbx
 from support.wsphone import WsPhone, webrtc_sdp
 
@@ -216,3 +219,17 @@ def test_pbx_answering_503_fails_over_in_the_same_transaction(tmp_path):
         _stop_stack(gw)
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("value,words", [
+    ("127.0.0.1:5060,,127.0.0.6:5060", "empty entry"),
+    ("127.0.0.1:5060,127.0.0.1:5060", "listed twice"),
+    ("127.0.0.1:5060,127.0.0.6:99999", "1-65535"),
+])
+def test_make_run_refuses_a_bad_pbx_list_naming_gw_pbx(tmp_path, value, words):
+    env = dict(os.environ, GW_PBX=value, GW_RUN_DIR=str(tmp_path / "run"))
+    r = subprocess.run(["make", "-s", "run"], cwd=stack.ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode != 0
+    assert "configuration error: GW_PBX" in r.stderr and words in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists(), "nothing was started"

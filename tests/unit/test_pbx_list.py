@@ -30,7 +30,7 @@ def test_list_in_priority_order_comma_or_space(value):
     assert cfg.dispatcher_list().splitlines()[1:] == [
         "1 sip:127.0.0.1:5060;transport=udp 0 3",
         "1 sip:127.0.0.6:5070;transport=udp 0 2",
-        "1 sip:sip2.example.com:5060;transport=udp 0 1",
+        "1 sip:sip2.example.com:5060;transport=udp 16 1",   # a name: resolved when used
     ]
     assert cfg.pbx_probe_interval == 5
     assert "PBX_PROBE=5" in cfg.kamailio_defines()
