@@ -142,7 +142,8 @@ class Supervisor:
         child = Child(service, daemon, self.clock())
         self.children.append(child)
         stack.wait_for(service.ready, service.ready_timeout, service.name, daemon)
-        self.log(f"started {service.name} {service.what} (pid {daemon.pid})".replace("  ", " "))
+        what = f" {service.what}" if service.what else ""
+        self.log(f"started {service.name}{what} (pid {daemon.pid})")
         return child
 
     def tick(self) -> None:
