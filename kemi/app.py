@@ -23,7 +23,8 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import authguard, bindings, health, logfmt, media, metrics, pbx, pbxroute, turn, wsguard  # noqa
+from kemi import authguard, bindings, health, logfmt, media, metrics, turn, wsguard  # noqa: E402
+from kemi import pbx, pbxroute  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
