@@ -233,3 +233,38 @@ def test_make_run_refuses_a_bad_pbx_list_naming_gw_pbx(tmp_path, value, words):
     assert r.returncode != 0
     assert "configuration error: GW_PBX" in r.stderr and words in r.stderr, r.stderr
     assert not (tmp_path / "run").exists(), "nothing was started"
+
+
+def doctor_pbx(env: TwoPbx) -> tuple[int, list[dict]]:
+    """gwctl doctor --only pbx, as the engineer on call runs it next to the gateway."""
+    gwctl = stack.ROOT / ".venv" / "bin" / "gwctl"
+    proc = subprocess.run([str(gwctl), "doctor", "--json", "--only", "pbx"], capture_output=True, text=True,
+                          env={**env.gw.env, "GW_RUN_DIR": str(env.gw.run_dir)}, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)["checks"]
+
+
+def test_doctor_shows_each_pbx_and_the_gateways_view_of_it(two_pbx):
+    env = two_pbx
+    a, b = env.a, env.b
+    env.wait_state(a, "up")
+    env.wait_state(b, "up")
+    rc, checks = doctor_pbx(env)
+    assert rc == 0 and [c["target"] for c in checks] == [f"udp:{a.host}:{a.port}", f"udp:{b.host}:{b.port}"]
+    assert all(c["status"] == "ok" and "the gateway's probes: up (A" in c["detail"] for c in checks), checks
+
+    # A dark: a warning (calls go to B), with the fix line; B fine.
+    a.dark = True
+    env.wait_state(a, "down")
+    rc, checks = doctor_pbx(env)
+    print("\n".join(f"{c['status']} {c['target']} {c['detail']}" for c in checks))
+    assert rc == 0, "one PBX of two down is a warning, not a failure"
+    assert checks[0]["status"] == "warn" and f"GW_PBX={a.host}:{a.port} does not answer" in checks[0]["detail"]
+    assert "the gateway's probes: down (IP)" in checks[0]["detail"]
+    assert "other PBXs" in checks[0]["fix"] and checks[1]["status"] == "ok"
+
+    # Both dark: both fail, and doctor exits 1.
+    b.dark = True
+    env.wait_state(b, "down")
+    rc, checks = doctor_pbx(env)
+    assert rc == 1 and [c["status"] for c in checks] == ["fail", "fail"]
+    assert all("time out" in c["fix"] for c in checks)
