@@ -255,6 +255,7 @@ def raise_nofile(cfg: Settings) -> list[str]:
 def write_pbx_list(cfg: Settings, run_dir: Path) -> Path:
     """GW_PBX as the list file Kamailio's dispatcher loads at start, rewritten
     from the settings before every start so it never goes stale."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "pbx.list"
     path.write_text(cfg.dispatcher_list())
     return path
