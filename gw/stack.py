@@ -138,6 +138,8 @@ class Daemon:
     argv: list[str]
     log_path: Optional[Path] = None
     env: Optional[dict[str, str]] = None
+    # Run in the child before exec (gw/supervise.py: the parent-death signal).
+    preexec: Optional[Callable[[], None]] = None
     popen: subprocess.Popen = field(init=False)
     _log: Optional[IO[bytes]] = field(init=False, default=None)
 
@@ -149,7 +151,8 @@ class Daemon:
             out = None  # inherit the terminal (make run)
         # Own process group: Ctrl-C in `make run` reaches us, and we stop children in order.
         self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT if out else None,
-                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+                                      preexec_fn=self.preexec)
         return self
 
     @property
@@ -207,6 +210,7 @@ def kamailio_argv(cfg: Settings, run_dir: Path, children: int = 4,
         log_level = KAMAILIO_LEVELS[cfg.log_level]
     defines = cfg.kamailio_defines() + [
         f'CTL_SOCK="unix:{run_dir}/kamailio_ctl"',
+        f'PBX_LIST="{write_pbx_list(cfg, run_dir)}"',
         f'APP_PY="{APP_PY}"',
         f"LOG_LEVEL={log_level}",
         f"CHILDREN={children}",
@@ -247,6 +251,15 @@ def raise_nofile(cfg: Settings) -> list[str]:
                         f"calls ({sizing.RTPENGINE_PORTS_PER_CALL} ports each), fewer than "
                         f"GW_MAX_AGENTS={size.max_agents}: widen it if more agents than that talk at once")
     return warnings
+
+
+def write_pbx_list(cfg: Settings, run_dir: Path) -> Path:
+    """GW_PBX as the list file Kamailio's dispatcher loads at start, rewritten
+    from the settings before every start so it never goes stale."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "pbx.list"
+    path.write_text(cfg.dispatcher_list())
+    return path
 
 
 def is_local(host: str) -> bool:

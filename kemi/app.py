@@ -2,13 +2,12 @@
 
 Kamailio imports this file in its main process and forks workers from it; each
 worker then calls the route methods below. Routes follow Kamailio's canonical
-blocks, in order. Only this file and its connection guard (wsguard.py) touch KSR:
+blocks, in order. Only this file and its mixins (wsguard.py, pbxroute.py) touch KSR:
 SDP/flag choice, bindings, settings and limits are pure modules next to them.
 """
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import time  # noqa: E402
 import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import authguard, bindings, health, logfmt, media, metrics, turn, wsguard  # noqa: E402
+from kemi import pbx, pbxroute  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
@@ -38,6 +38,7 @@ FL_MEDIA = 3          # rtpengine holds a session for this call
 FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go back there)
 FL_PEER = 5           # relayed to the gateway node that holds the phone's connection
 FL_AUTH_TRACK = 6     # a phone's request: the PBX's refusal of its credentials is counted
+FL_TO_PBX = pbxroute.FL_TO_PBX  # 7: sent to a GW_PBX entry; MANAGE_FAILURE may fail over
 
 # Scanners announce themselves; answering them only invites more traffic.
 SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
@@ -105,13 +106,6 @@ def _pv(name: str) -> str:
     return "" if value is None else str(value)
 
 
-def _resolve(host: str) -> str:
-    try:
-        return socket.getaddrinfo(host, None)[0][4][0]
-    except OSError:
-        return host
-
-
 def mod_init() -> "Gateway":
     gateway = Gateway(settings_mod.load())
     # Once, in Kamailio's main process: how CN is kept from the phones.
@@ -125,12 +119,11 @@ def mod_init() -> "Gateway":
     return gateway
 
 
-class Gateway(wsguard.ConnectionGuard):
+class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
     def __init__(self, cfg: settings_mod.Settings) -> None:
         self.cfg = cfg
         self.store = BindingStore(cfg.redis_url)
-        self.pbx_uri = cfg.pbx_uri
-        self.trusted = {_resolve(h) for h in cfg.trusted_sources}
+        self.trusted = pbx.trusted_addresses(cfg.trusted_sources)
         self.node = str(cfg.sip_listen)
         self.engines = [NgClient(r.host, r.port, timeout=0.5) for r in cfg.rtpengines]
         self.limits = authguard.Limits.from_settings(cfg)
@@ -139,6 +132,7 @@ class Gateway(wsguard.ConnectionGuard):
                                           lambda: health.rtpengine_stats(self.engines))
         self._init_guard(cfg)
         self.cn = media.CnBlock.FILTER if cfg.cn_filter == "on" else media.CnBlock.TRANSCODE
+        self._init_pbx(cfg)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -443,7 +437,7 @@ class Gateway(wsguard.ConnectionGuard):
             KSR.pv.sets(AVP_BINDING, Binding(user, "*", "", "", 0, self.node).to_json())
             KSR.pv.seti(AVP_REQ_EXPIRES, 0)
         KSR.path.add_path_received()
-        KSR.setdsturi(self.pbx_uri)
+        self._select_pbx()   # kemi/pbxroute.py
         _log("info", "registrar.forward", method="REGISTER", user=user, outcome="relay")
         self.RELAY()
 
@@ -496,7 +490,7 @@ class Gateway(wsguard.ConnectionGuard):
         if KSR.is_method_in("IS") or KSR.is_REFER():
             KSR.rr.record_route()
         # The destination first: MEDIA_OFFER picks the flags by where it goes.
-        KSR.setdsturi(self.pbx_uri)
+        self._select_pbx()   # kemi/pbxroute.py: the first PBX up
         if not self.MEDIA_OFFER():
             return
         self.RELAY()
@@ -505,7 +499,7 @@ class Gateway(wsguard.ConnectionGuard):
         """Why: relay statefully so replies, failures and timeouts come back to us."""
         if KSR.is_method_in("IBSU") or KSR.is_REGISTER() or KSR.isflagset(FL_AUTH_TRACK):
             KSR.tm.t_on_reply("ksr_onreply_manage")
-        if KSR.is_INVITE():
+        if KSR.is_INVITE() or KSR.isflagset(FL_TO_PBX):
             KSR.tm.t_on_failure("ksr_failure_manage")
         to_phone = self._to_ws()
         if to_phone:
@@ -636,9 +630,10 @@ class Gateway(wsguard.ConnectionGuard):
 
     # -------------------------------------------------------- MANAGE_FAILURE
     def ksr_failure_manage(self, msg: object) -> int:
-        """Why: a call that failed, was cancelled or timed out must not leave a
-        session behind in rtpengine."""
-        self._media_delete("failure")
+        """Why: a dark PBX, or one answering 5xx, hands over to the next (pbxroute.py); a call
+        that failed for good, was cancelled or timed out leaves no session in rtpengine."""
+        if not self._pbx_failover():
+            self._media_delete("failure")
         return 1
 
     # ------------------------------------------------------------ websocket
@@ -673,7 +668,7 @@ class Gateway(wsguard.ConnectionGuard):
         else:
             # Outside MONITORING_CIDR nginx asks for the short form (health.VIEW_HEADER).
             view = _pv(f"$hdr({health.VIEW_HEADER})")
-            ok, body = health.report(self.store, self.engines, self.node, view)
+            ok, body = health.report(self.store, self.engines, self.node, view, self.pbx_states())
             self._http(200 if ok else 503, "OK" if ok else "Service Unavailable", body)
 
     @staticmethod

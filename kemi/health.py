@@ -16,17 +16,28 @@ VIEW_HEADER = "X-Gateway-Health"
 
 
 def report(store: BindingStore, engines: Iterable[NgClient], node: str,
-           view: str = "") -> tuple[bool, dict]:
+           view: str = "", pbx: Optional[dict[str, bool]] = None) -> tuple[bool, dict]:
     """(all up?, the /health body): every dependency by name and this node's
-    address, or only {"status": ...} when the view is anything but full."""
+    address, or only {"status": ...} when the view is anything but full.
+    `pbx`: each GW_PBX entry, up or not, as dispatcher's probes see it."""
     deps = {"redis": "up" if store.ping() else "down"}
     for engine in engines:
         deps[f"rtpengine udp:{engine.addr[0]}:{engine.addr[1]}"] = "up" if engine.ping() else "down"
-    ok = all(v == "up" for v in deps.values())
+    for name, up in (pbx or {}).items():
+        deps[f"pbx {name}"] = "up" if up else "down"
+    ok = verdict(deps)
     status = "up" if ok else "down"
     if view.strip().lower() not in ("", "full"):
         return ok, {"status": status}
     return ok, {"dependencies": deps, "node": node, "status": status}
+
+
+def verdict(deps: dict[str, str]) -> bool:
+    """Up: Redis and every rtpengine up, and at least one PBX ("pbx HOST:PORT"):
+    with one of several PBXs down every call still goes through the others."""
+    pbx = [v == "up" for k, v in deps.items() if k.startswith("pbx ")]
+    own = [v == "up" for k, v in deps.items() if not k.startswith("pbx ")]
+    return all(own) and (not pbx or any(pbx))
 
 
 def registrations(store: BindingStore) -> Optional[int]:

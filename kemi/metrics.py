@@ -103,10 +103,12 @@ class LiveCollector:
 
     def __init__(self, registrations: Callable[[], Optional[int]],
                  rtpengine_stats: Callable[[], Optional[dict]],
-                 connection_stats: Optional[Callable[[], dict]] = None) -> None:
+                 connection_stats: Optional[Callable[[], dict]] = None,
+                 pbx_states: Callable[[], dict[str, bool]] = dict) -> None:
         self._registrations = registrations
         self._rtpengine_stats = rtpengine_stats
         self.connection_stats = connection_stats   # set by kemi/wsguard.py
+        self.pbx_states = pbx_states               # set by kemi/pbxroute.py
 
     def collect(self) -> Iterable[object]:
         up = GaugeMetricFamily("gateway_up", "Dependency answers (1) or not (0)",
@@ -131,6 +133,8 @@ class LiveCollector:
             yield CounterMetricFamily("gateway_rtpengine_errors",
                                       "Packet relay errors reported by rtpengine",
                                       value=int(tot.get("relayedpacketerrors", 0)))
+        for pbx, is_up in self.pbx_states().items():
+            up.add_metric([f"pbx {pbx}"], 1 if is_up else 0)
         yield up
         if self.connection_stats is not None:
             yield from connection_gauges(self.connection_stats())

@@ -24,6 +24,9 @@ DEFAULTS: dict[str, str] = {
     # Optional: space/comma separated; empty means "not restricted".
     "GW_WS_ORIGINS": "",
     "GW_PBX_ALLOW": "",
+    # Seconds between SIP OPTIONS probes of each PBX (Kamailio's dispatcher) when
+    # GW_PBX lists more than one; 0 turns probing off. A lone PBX is never probed.
+    "GW_PBX_PROBE": "5",
     "GW_LOG_LEVEL": "info",
     # REGISTERs one source (IP:port) may send per 10 s before it is blocked for
     # a minute; an agent sends 2 every few minutes. 0 turns the limit off (load tests).
@@ -76,7 +79,7 @@ class HostPort:
 class Settings:
     ws_listen: HostPort
     sip_listen: HostPort
-    pbx: HostPort
+    pbxs: tuple[HostPort, ...]   # GW_PBX, in priority order
     redis_url: str
     rtpengines: tuple[HostPort, ...]
     media_ip: str
@@ -96,6 +99,7 @@ class Settings:
     ws_max_per_ip: int = 1000
     ws_proxies: tuple[str, ...] = ()
     cn_filter: str = "auto"
+    pbx_probe: int = 5
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -104,13 +108,35 @@ class Settings:
         return " ".join(f"udp:{r}" for r in self.rtpengines)
 
     @property
+    def pbx(self) -> HostPort:
+        """The first PBX of GW_PBX: the one everything goes to while it is up."""
+        return self.pbxs[0]
+
+    @property
     def pbx_uri(self) -> str:
-        return f"sip:{self.pbx};transport=udp"
+        return pbx_uri(self.pbx)
+
+    @property
+    def pbx_probe_interval(self) -> int:
+        """Seconds between dispatcher OPTIONS probes; 0 when there is nothing to
+        fail over to (a lone PBX is left alone, as before GW_PBX took a list)."""
+        return self.pbx_probe if len(self.pbxs) > 1 else 0
 
     @property
     def trusted_sources(self) -> tuple[str, ...]:
-        """Addresses allowed to send calls toward agents."""
-        return (self.pbx.host, *self.pbx_allow)
+        """Addresses allowed to send calls toward agents: every PBX, and GW_PBX_ALLOW."""
+        return (*dict.fromkeys(p.host for p in self.pbxs), *self.pbx_allow)
+
+    def dispatcher_list(self) -> str:
+        """Kamailio dispatcher's list file: set PBX_SET, GW_PBX in priority order
+        (the first entry gets the highest priority; ds_select_dst algorithm 8).
+        A host name gets flag 16: resolved when used, as a single GW_PBX always
+        was, not once at start (where a name that fails to resolve is dropped)."""
+        lines = ["# setid uri flags priority - generated from GW_PBX (kemi/settings.py)"]
+        for i, pbx in enumerate(self.pbxs):
+            flags = 0 if _is_ip(pbx.host) else 16
+            lines.append(f"{PBX_SET} {pbx_uri(pbx)} {flags} {len(self.pbxs) - i}")
+        return "\n".join(lines) + "\n"
 
     @property
     def sizing(self) -> sizing_mod.Sizing:
@@ -126,7 +152,16 @@ class Settings:
             f'RTPENGINE_SOCK="{self.rtpengine_sock}"',
             f"TCP_MAX_CONNECTIONS={self.sizing.tcp_max_connections}",
             f"OPEN_FILES={self.sizing.nofile}",
+            f"PBX_PROBE={self.pbx_probe_interval}",
+            f'PBX_PING_FROM="sip:gateway@{self.sip_listen}"',
         ]
+
+
+PBX_SET = 1   # the dispatcher set holding GW_PBX
+
+
+def pbx_uri(pbx: HostPort) -> str:
+    return f"sip:{pbx};transport=udp"
 
 
 def _ip(name: str, value: str) -> str:
@@ -134,6 +169,14 @@ def _ip(name: str, value: str) -> str:
         return str(ipaddress.ip_address(value))
     except ValueError:
         raise SettingsError(f"{name}={value!r}: expected an IP address") from None
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
 
 
 def _port(name: str, value: str) -> int:
@@ -151,6 +194,21 @@ def _hostport(name: str, value: str, *, need_ip: bool = True) -> HostPort:
     elif not all(part.replace("-", "").isalnum() for part in host.split(".")):
         raise SettingsError(f"{name}={value!r}: {host!r} is not a host name or address")
     return HostPort(host, _port(name, port))
+
+
+def _pbxs(name: str, value: str) -> tuple[HostPort, ...]:
+    """`h1:p1,h2:p2` (comma or space separated), IPs or host names, in priority order."""
+    out: list[HostPort] = []
+    for part in value.split(","):
+        if not part.strip():
+            raise SettingsError(f"{name}={value!r}: empty entry in the list (expected HOST:PORT,HOST:PORT)")
+        for item in part.split():
+            pbx = _hostport(name, item, need_ip=False)
+            pbx = HostPort(pbx.host.lower(), pbx.port)
+            if pbx in out:
+                raise SettingsError(f"{name}={value!r}: {pbx} is listed twice")
+            out.append(pbx)
+    return tuple(out)
 
 
 def _rtpengines(name: str, value: str) -> tuple[HostPort, ...]:
@@ -240,7 +298,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(
         ws_listen=_hostport("GW_WS_LISTEN", raw["GW_WS_LISTEN"]),
         sip_listen=_hostport("GW_SIP_LISTEN", raw["GW_SIP_LISTEN"]),
-        pbx=_hostport("GW_PBX", raw["GW_PBX"], need_ip=False),
+        pbxs=_pbxs("GW_PBX", raw["GW_PBX"]),
         redis_url=_redis_url("GW_REDIS_URL", raw["GW_REDIS_URL"]),
         rtpengines=_rtpengines("GW_RTPENGINE", raw["GW_RTPENGINE"]),
         media_ip=_ip("GW_MEDIA_IP", raw["GW_MEDIA_IP"]),
@@ -260,6 +318,7 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ws_max_per_ip=_count("GW_WS_MAX_PER_IP", raw["GW_WS_MAX_PER_IP"]),
         ws_proxies=tuple(_ip("GW_WS_PROXIES", a) for a in _list(raw["GW_WS_PROXIES"])),
         cn_filter=_choice("GW_CN_FILTER", raw["GW_CN_FILTER"], CN_FILTER_VALUES),
+        pbx_probe=_count("GW_PBX_PROBE", raw["GW_PBX_PROBE"]),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:
@@ -270,6 +329,9 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("GW_TURN_TTL: must be 1 to 604800 seconds")
     if not 1 <= settings.max_agents <= 1_000_000:
         raise SettingsError("GW_MAX_AGENTS: must be 1 to 1000000 connected agents per node")
-    if settings.pbx == settings.sip_listen:
-        raise SettingsError("GW_PBX points at the gateway itself (GW_SIP_LISTEN): calls would loop")
+    if settings.sip_listen in settings.pbxs:
+        raise SettingsError(f"GW_PBX: {settings.sip_listen} is the gateway itself (GW_SIP_LISTEN): "
+                            "calls would loop")
+    if settings.pbx_probe > 3600:
+        raise SettingsError("GW_PBX_PROBE: must be 0 (off) to 3600 seconds")
     return settings

@@ -22,23 +22,7 @@ case "${1:-}" in
   *) echo "install-deps: unknown option $1 (expected --bench)" >&2; exit 2 ;;
 esac
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "install-deps: apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # Debian's postinst scripts must not start these daemons: the gateway runs its own.
-  own_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    own_policy=1
-  fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-fi
+scripts/apt-install.sh install-deps "${APT_PACKAGES[@]}"
 
 # The venv is built on Debian's /usr/bin/python3 (the interpreter Kamailio embeds),
 # with its site packages visible (python3-redis, python3-prometheus-client), so the

@@ -20,23 +20,7 @@ COMPOSE_VERSION="v2.40.3"
 PLUGIN_DIR=/usr/local/lib/docker/cli-plugins
 DOCKERD_LOG=/var/log/gateway-dockerd.log
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "install-docker: apt-get install ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  # The package's postinst must not start a daemon with its default (iptables) setup.
-  own_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    own_policy=1
-  fi
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  if [ "$own_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-fi
+scripts/apt-install.sh install-docker "${APT_PACKAGES[@]}"
 
 if ! docker info >/dev/null 2>&1; then
   echo "install-docker: starting dockerd (no iptables, no bridge; log $DOCKERD_LOG)"

@@ -83,7 +83,8 @@ def test_metrics_exposition_parses(gw):
             if s.name == "gateway_sip_requests_total" and s.labels.get("method") == "OPTIONS"]
     assert opts and opts[0].value >= 1
     ups = {s.labels["dependency"]: s.value for s in families["gateway_up"].samples}
-    assert ups == {"redis": 1.0, "rtpengine": 1.0}
+    # A lone PBX is not probed (nothing to fail over to): it counts as up.
+    assert ups == {"redis": 1.0, "rtpengine": 1.0, f"pbx {gw.pbx}": 1.0}
 
 
 def test_http_wrong_method_405(gw):

@@ -252,14 +252,15 @@ def test_health_turns_503_and_names_what_is_down(fresh_gw):
     engine = f"rtpengine udp:{s.cfg.rtpengines[0]}"
     status, body, headers = http_get(s, "/health")
     assert status == 200 and headers["content-type"] == "application/json"
-    assert json.loads(body) == {"dependencies": {"redis": "up", engine: "up"}, "node": str(s.sip),
-                                "status": "up"}
+    pbx = f"pbx {s.pbx}"   # a lone PBX: not probed, counted up
+    assert json.loads(body) == {"dependencies": {"redis": "up", engine: "up", pbx: "up"},
+                                "node": str(s.sip), "status": "up"}
 
     s.rtpengine.stop()
     status, body, _ = http_get(s, "/health")
     data = json.loads(body)
     assert status == 503, body
-    assert data["status"] == "down" and data["dependencies"] == {"redis": "up", engine: "down"}
+    assert data["status"] == "down" and data["dependencies"] == {"redis": "up", engine: "down", pbx: "up"}
     scrape = Scrape(s)
     assert scrape.value("gateway_up", dependency="rtpengine") == 0
     assert scrape.value("gateway_up", dependency="redis") == 1
@@ -267,7 +268,8 @@ def test_health_turns_503_and_names_what_is_down(fresh_gw):
 
     s.redis.stop()
     status, body, _ = http_get(s, "/health")
-    assert status == 503 and json.loads(body)["dependencies"] == {"redis": "down", engine: "down"}
+    assert status == 503 and json.loads(body)["dependencies"] == {"redis": "down", engine: "down",
+                                                                  pbx: "up"}
     scrape = Scrape(s)
     assert scrape.value("gateway_up", dependency="redis") == 0
     assert "gateway_registrations_active" not in scrape.families

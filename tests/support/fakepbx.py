@@ -86,6 +86,10 @@ class FakePbx:
         self._nonces: set[str] = set()
         # Torture mode: answer every request (but ACK) with this status, no SDP.
         self.reply_all: tuple[int, str] | None = None
+        # Dark mode: read and discard everything, as a PBX that hangs or whose
+        # network is gone (no ICMP either: the socket stays bound).
+        self.dark = False
+        self.dropped = 0
         self.seen: list[Msg] = []
         self.acked: set[str] = set()
         self.byes: set[str] = set()
@@ -115,6 +119,9 @@ class FakePbx:
                 continue
             except OSError:
                 return
+            if self.dark:
+                self.dropped += 1
+                continue
             try:
                 msg = sipmsg.parse(data)
                 if msg.is_request:

@@ -8,7 +8,7 @@ from support.ksr_double import SNAPSHOT, load_snapshot, parse_return_types
 
 APP = Path(__file__).resolve().parents[2] / "kemi" / "app.py"
 # Every module of the app that calls KSR (app.py and its route mixins).
-KSR_MODULES = [APP, APP.with_name("wsguard.py")]
+KSR_MODULES = [APP, APP.with_name("wsguard.py"), APP.with_name("pbxroute.py")]
 
 
 def ksr_calls(path: Path) -> list[tuple[str, str, int, int]]:

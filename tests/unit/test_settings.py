@@ -30,7 +30,7 @@ def test_pbx_may_be_a_host_name():
     ("GW_SIP_LISTEN", "127.0.0.1:99999", "1-65535"),
     ("GW_SIP_LISTEN", "localhost:5070", "IP address"),
     ("GW_CN_FILTER", "yes", "auto, on or off"),
-    ("GW_PBX", "bad host!:5060", "host name"),
+    ("GW_PBX", "bad_host!:5060", "host name"),
     ("GW_REDIS_URL", "http://x", "redis://"),
     ("GW_RTPENGINE", "tcp:127.0.0.1:2223", "udp:IP:PORT"),
     ("GW_RTPENGINE", " ", None),

@@ -39,7 +39,8 @@ def doctor(cfg: Settings, kam: Kamailio, phones: str = "internet",
     for check in REGISTRY:
         if not check.per_engine:
             if check.name in want:
-                results.append(check.run(ctx, None))
+                answer = check.run(ctx, None)
+                results += answer if isinstance(answer, list) else [answer]
         elif not engines_done:
             engines_done = True
             results += _engine_checks(ctx, want)

@@ -3,7 +3,7 @@ ok/fail/warn/skip, target, detail, the fix line, data), the same for text and --
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 from gw.ctl.kamailio import Kamailio
 from kemi.settings import HostPort, Settings
@@ -60,9 +60,10 @@ class Engine:
 @dataclass(frozen=True)
 class Check:
     """One doctor check. per_engine: runs once for each rtpengine, after its ng ping
-    (engine is None for the others); needs_probe: reads doctor's sample sessions."""
+    (engine is None for the others); needs_probe: reads doctor's sample sessions.
+    run answers one result, or a list of them, one per target (pbx: per GW_PBX entry)."""
 
     name: str
-    run: Callable[[Context, Optional[Engine]], dict]
+    run: Callable[[Context, Optional[Engine]], Union[dict, list[dict]]]
     per_engine: bool = False
     needs_probe: bool = False
