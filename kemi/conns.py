@@ -75,9 +75,13 @@ def parse_tcp_list(body: str) -> list[Conn]:
 @dataclass
 class SweepResult:
     close: list[tuple[Conn, str]] = field(default_factory=list)
-    # WebSocket connections per source address, for addresses at half the
-    # limit or more (the upgrade check adds the upgrades since).
-    busy_ips: dict[str, int] = field(default_factory=dict)
+    # WebSocket connections per source address that changed since the last
+    # sweep, and the addresses that have none left: the upgrade check reads
+    # this count plus the upgrades since. Every address is counted (an address
+    # left out would count from zero and let a burst past the limit); writing
+    # only the changes keeps a storm of many addresses at one write per new one.
+    ip_counts: dict[str, int] = field(default_factory=dict)
+    ip_gone: list[str] = field(default_factory=list)
     listed: int = 0
     pending: int = 0
 
@@ -95,6 +99,7 @@ class Sweeper:
         self._opened: dict[int, float] = {}      # conid -> first seen not upgraded
         self._upgraded: dict[int, float] = {}    # conid -> first seen upgraded, no SIP yet
         self._accepted = -1
+        self._ip_counts: dict[str, int] = {}     # the per-address counts last written
 
     def due(self, accepted: int) -> bool:
         """List now? `accepted`: Kamailio's count of accepted connections so far."""
@@ -129,6 +134,7 @@ class Sweeper:
             if c.src_ip not in self.proxies and c.id not in closing:
                 per_ip.setdefault(c.src_ip, []).append(c)
         if self.max_per_ip > 0:
+            counts: dict[str, int] = {}
             for ip, group in per_ip.items():
                 # Those first seen just now wait a sweep: their upgrade is
                 # probably on its way and gets a clean 503. Then newest first.
@@ -141,8 +147,11 @@ class Sweeper:
                         closing.add(c.id)
                     group = [c for c in group if c.id not in closing]
                 ws = sum(1 for c in group if c.upgraded)
-                if ws * 2 >= self.max_per_ip:
-                    res.busy_ips[ip] = ws
+                if ws:
+                    counts[ip] = ws
+            res.ip_counts = {ip: n for ip, n in counts.items() if self._ip_counts.get(ip) != n}
+            res.ip_gone = [ip for ip in self._ip_counts if ip not in counts]
+            self._ip_counts = counts
         self._opened = {k: v for k, v in opened.items() if k not in closing}
         self._upgraded = {k: v for k, v in upgraded.items() if k not in closing}
         res.pending = len(self._opened) + len(self._upgraded)

@@ -15,7 +15,7 @@ import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import conns, logfmt, metrics, settings as settings_mod
 
-IP_CONNS = "gwipconn"      # htable: WebSockets per busy address at the last sweep
+IP_CONNS = "gwipconn"      # htable: WebSockets per address at the last sweep
 IP_NEW = "gwipnew"         # htable: upgrades per address since the last sweep
 REFUSED = "gwrefused"      # htable: a key per refusal reason while a burst lasts
 LOCKS = "gwlock"           # htable holding no data: its slot lock serialises upgrades
@@ -122,8 +122,9 @@ class ConnectionGuard:
                 raise RuntimeError("jsonrpcs exec core.tcp_list failed")
             res = self.sweeper.sweep(conns.parse_tcp_list(str(KSR.jsonrpcs.response() or "")),
                                      time.monotonic())
-            KSR.htable.sht_reset(IP_CONNS)
-            for ip, count in res.busy_ips.items():
+            for ip in res.ip_gone:
+                KSR.htable.sht_rm(IP_CONNS, ip)
+            for ip, count in res.ip_counts.items():
                 KSR.htable.sht_seti(IP_CONNS, ip, count)
             KSR.htable.sht_reset(IP_NEW)
         except Exception as exc:  # the next second tries again

@@ -173,6 +173,31 @@ def test_over_the_per_address_limit_refused_at_once(gw):
     assert refused_total(gw, "per_ip") - before == 50
 
 
+async def _over_limit_in_waves(ws, first: int, rest: int) -> dict:
+    """`first` agents, then (after the guard's once-a-second count has seen
+    them) `rest` more, all from one address."""
+    outcomes: list[wsfleet.Outcome] = []
+    try:
+        outcomes = await wsfleet.storm([f"{46000 + i}" for i in range(first)], ws, per_ip=first + rest,
+                                       ip_base=(106, 0))
+        await asyncio.sleep(2.5)    # at least two sweeps
+        outcomes += await wsfleet.storm([f"{46000 + first + i}" for i in range(rest)], ws,
+                                        per_ip=first + rest, ip_base=(106, 0))
+        return {"counts": wsfleet.http_status_counts(outcomes)}
+    finally:
+        wsfleet.close_all(o.agent for o in outcomes)
+        await asyncio.sleep(0.1)
+
+
+def test_per_address_limit_holds_across_sweeps(gw):
+    """An address well under the limit at one sweep still reaches it exactly
+    with the next burst (its count must not restart from zero)."""
+    wsfleet.raise_nofile()
+    ws = (gw.cfg.ws_listen.host, gw.cfg.ws_listen.port)
+    res = asyncio.run(_over_limit_in_waves(ws, 300, 750))
+    assert res["counts"] == {101: 1000, 503: 50}, res["counts"]
+
+
 # --------------------------------------------------------------------------- nginx
 
 def shipped_nginx_conf(tmp: Path, site: Path) -> Path:

@@ -67,7 +67,7 @@ def test_per_ip_limit_closes_the_newest_first():
     listing = [conn(i, typ="WS") for i in (5, 1, 4, 2, 3)] + [conn(9, src="127.0.0.8")]
     res = s.sweep(listing, 0.0)
     assert sorted((c.id, r) for c, r in res.close) == [(4, "per_ip"), (5, "per_ip")]
-    assert res.busy_ips == {"127.0.0.9": 3}
+    assert res.ip_counts == {"127.0.0.9": 3}
 
 
 def test_half_open_count_toward_the_limit():
@@ -95,13 +95,20 @@ def test_fresh_connections_over_the_limit_wait_for_their_upgrade():
 def test_proxy_address_is_not_limited():
     s = sweeper(max_per_ip=2, proxies=("127.0.0.1",))
     res = s.sweep([conn(i, src="127.0.0.1", typ="WS") for i in range(1, 50)], 0.0)
-    assert res.close == [] and res.busy_ips == {}
+    assert res.close == [] and res.ip_counts == {}
 
 
-def test_busy_ips_only_from_half_the_limit():
+def test_every_address_counted_and_only_changes_written():
+    """An address under the limit is counted too: left out, its count would
+    restart from zero at the upgrade check and a burst would pass the limit."""
     s = sweeper(max_per_ip=10)
     listing = [conn(i, typ="WS") for i in range(1, 6)] + [conn(i, src="127.0.0.8", typ="WS") for i in (20, 21)]
-    assert s.sweep(listing, 0.0).busy_ips == {"127.0.0.9": 5}
+    res = s.sweep(listing, 0.0)
+    assert res.ip_counts == {"127.0.0.9": 5, "127.0.0.8": 2} and res.ip_gone == []
+    res = s.sweep(listing + [conn(6, typ="WS")], 1.0)
+    assert res.ip_counts == {"127.0.0.9": 6} and res.ip_gone == []
+    res = s.sweep([conn(i, typ="WS") for i in range(1, 7)], 2.0)
+    assert res.ip_counts == {} and res.ip_gone == ["127.0.0.8"]
 
 
 def test_listing_only_when_something_changed():
