@@ -63,6 +63,10 @@ RTPENGINE_ERRORS = Counter("gateway_rtpengine_control_errors",
 CONN_REFUSED = Counter("gateway_connections_refused",
                        "WebSocket-port connections refused at the upgrade (per_ip, connections, shm) "
                        "or closed for overstaying (handshake_timeout, sip_timeout)", ["reason"])
+DIALOG_REROUTED = Counter("gateway_dialog_rerouted",
+                          "In-dialog requests delivered over a phone's new WebSocket (or its new node)")
+RECONNECT_TIMEOUTS = Counter("gateway_dialog_reconnect_timeouts",
+                             "In-dialog requests that waited GW_RECONNECT_WAIT in vain for their phone (480)")
 
 METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
            "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH"}

@@ -57,6 +57,9 @@ DEFAULTS: dict[str, str] = {
     # else rtpengine's transcoder; "on" = the filter is required (make run
     # refuses to start without it); "off" = always the transcoder.
     "GW_CN_FILTER": "auto",
+    # Seconds an in-dialog request for a phone whose WebSocket dropped waits for
+    # the phone to reconnect and register again before it fails with 480.
+    "GW_RECONNECT_WAIT": "5",
 }
 
 CN_FILTER_VALUES = ("auto", "on", "off")
@@ -100,6 +103,7 @@ class Settings:
     ws_proxies: tuple[str, ...] = ()
     cn_filter: str = "auto"
     pbx_probe: int = 5
+    reconnect_wait: float = 5.0
     raw: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -282,6 +286,15 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
     if value.lower() not in allowed:
         raise SettingsError(f"{name}={value!r}: expected {', '.join(allowed[:-1])} or {allowed[-1]}")
     return value.lower()
+def _wait_seconds(name: str, value: str, most: float) -> float:
+    """Seconds, fractions allowed, 0 included (0 disables)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= most:
+        raise SettingsError(f"{name}={value!r}: expected seconds from 0 to {most:g} (0 disables)")
+    return seconds
 
 
 def _list(value: str) -> tuple[str, ...]:
@@ -319,6 +332,8 @@ def load(env: Mapping[str, str] | None = None) -> Settings:
         ws_proxies=tuple(_ip("GW_WS_PROXIES", a) for a in _list(raw["GW_WS_PROXIES"])),
         cn_filter=_choice("GW_CN_FILTER", raw["GW_CN_FILTER"], CN_FILTER_VALUES),
         pbx_probe=_count("GW_PBX_PROBE", raw["GW_PBX_PROBE"]),
+        # At most 30 s: a PBX gives up on a non-INVITE request after 32 s (RFC 3261 Timer F).
+        reconnect_wait=_wait_seconds("GW_RECONNECT_WAIT", raw["GW_RECONNECT_WAIT"], 30),
         raw=raw,
     )
     if settings.ws_listen == settings.sip_listen:

@@ -16,6 +16,7 @@ import redis.sentinel
 
 from kemi import authguard
 from kemi.bindings import Binding, key
+from kemi.reconnect import ContactIndex, contact_key, same_phone
 
 TIMEOUT_S = 0.25  # a REGISTER or INVITE must not hang on a sick Redis
 
@@ -42,6 +43,13 @@ def connect(url: str) -> "redis.Redis":
             password=unquote(parsed.password) if parsed.password else None)
     return redis.Redis.from_url(
         url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+
+
+def _index(raw: Optional[bytes]) -> Optional[ContactIndex]:
+    try:
+        return ContactIndex.from_json(raw) if raw else None
+    except (ValueError, KeyError, TypeError):
+        return None  # not ours or damaged: as if absent
 
 
 class BindingStore:
@@ -81,16 +89,51 @@ class BindingStore:
             raise StoreError(f"redis auth failure count {src_ip} {user}: {exc}") from exc
 
     def put(self, binding: Binding) -> None:
+        """The binding, and its Contact's index entry (same TTL) in the same round trip."""
+        ttl = max(binding.expires, 1)
         try:
-            self._redis().set(key(binding.user), binding.to_json(), ex=max(binding.expires, 1))
+            pipe = self._redis().pipeline(transaction=False)
+            pipe.set(key(binding.user), binding.to_json(), ex=ttl)
+            pipe.set(contact_key(binding.contact), ContactIndex.of(binding).to_json(), ex=ttl)
+            pipe.execute()
         except redis.RedisError as exc:
             raise StoreError(f"redis set {key(binding.user)}: {exc}") from exc
 
     def delete(self, user: str) -> None:
+        """The binding and the index entry of its Contact."""
         try:
-            self._redis().delete(key(user))
+            client = self._redis()
+            raw = client.get(key(user))
+            keys = [key(user)]
+            if raw:
+                keys.append(contact_key(Binding.from_json(raw).contact))
+            client.delete(*keys)
         except redis.RedisError as exc:
             raise StoreError(f"redis del {key(user)}: {exc}") from exc
+
+    def find_phones(self, contacts: list[str]) -> list[Optional[Binding]]:
+        """The current binding of the phone behind each Contact URI (same Contact
+        or +sip.instance, reconnect.same_phone), None where there is none: two
+        pipelined round trips whatever the number of contacts."""
+        if not contacts:
+            return []
+        try:
+            client = self._redis()
+            raw_index = client.mget([contact_key(c) for c in contacts])
+            index = [_index(r) for r in raw_index]
+            users = [i.user for i in index if i is not None]
+            raw_bindings = dict(zip(users, client.mget([key(u) for u in users]))) if users else {}
+        except redis.RedisError as exc:
+            raise StoreError(f"redis find contacts: {exc}") from exc
+        found: list[Optional[Binding]] = []
+        for contact, entry in zip(contacts, index):
+            raw = raw_bindings.get(entry.user) if entry is not None else None
+            binding = Binding.from_json(raw) if raw else None
+            found.append(binding if same_phone(binding, entry, contact) else None)
+        return found
+
+    def find_phone(self, contact: str) -> Optional[Binding]:
+        return self.find_phones([contact])[0]
 
     def count(self) -> int:
         """Bindings held (SCAN, never KEYS: Redis must stay responsive)."""

@@ -81,3 +81,12 @@ def test_bad_auth_settings_name_the_variable(name, value, words):
 def test_cn_filter_values():
     for value, expected in (("on", "on"), ("OFF", "off"), ("auto", "auto"), ("", "auto")):
         assert settings.load({"GW_CN_FILTER": value}).cn_filter == expected
+
+
+def test_reconnect_wait_default_and_bounds():
+    assert settings.load({}).reconnect_wait == 5.0
+    assert settings.load({"GW_RECONNECT_WAIT": "0"}).reconnect_wait == 0.0
+    assert settings.load({"GW_RECONNECT_WAIT": "2.5"}).reconnect_wait == 2.5
+    for bad in ("-1", "31", "soon", "nan"):
+        with pytest.raises(settings.SettingsError, match="GW_RECONNECT_WAIT"):
+            settings.load({"GW_RECONNECT_WAIT": bad})
