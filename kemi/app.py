@@ -2,7 +2,8 @@
 
 Kamailio imports this file in its main process and forks workers from it; each
 worker then calls the route methods below. Routes follow Kamailio's canonical
-blocks, in order. Only this file and its mixins (wsguard.py, pbxroute.py) touch KSR:
+blocks, in order. Only this file and its route mixins touch KSR (wsguard.py the
+connection guard, pbxroute.py several PBXs, reroute.py calls surviving a reconnect):
 SDP/flag choice, bindings, settings and limits are pure modules next to them.
 """
 from __future__ import annotations
@@ -23,22 +24,16 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import authguard, bindings, health, logfmt, media, metrics, turn, wsguard  # noqa: E402
+from kemi import authguard, bindings, health, logfmt, media, metrics, reconnect, turn, wsguard  # noqa: E402
 from kemi import pbx, pbxroute  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
+from kemi.flags import (FL_AUTH_TRACK, FL_FROM_WS, FL_MEDIA, FL_PEER, FL_REQ_SDP,  # noqa: E402
+                        FL_TO_PBX, FL_TO_PEER_PHONE)
 from kemi.media import Op, Side  # noqa: E402
 from kemi.ng import NgClient  # noqa: E402
+from kemi.reroute import Reroute  # noqa: E402
 from kemi.store import BindingStore, StoreError  # noqa: E402
-
-# Transaction flags (kept by tm across request, reply and failure routes).
-FL_REQ_SDP = 1        # the INVITE/UPDATE carried an offer, so replies carry answers
-FL_TO_WS = 2          # the request goes to a WebRTC phone over its WebSocket
-FL_MEDIA = 3          # rtpengine holds a session for this call
-FL_FROM_WS = 4        # the request came from a WebRTC phone (so its replies go back there)
-FL_PEER = 5           # relayed to the gateway node that holds the phone's connection
-FL_AUTH_TRACK = 6     # a phone's request: the PBX's refusal of its credentials is counted
-FL_TO_PBX = pbxroute.FL_TO_PBX  # 7: sent to a GW_PBX entry; MANAGE_FAILURE may fail over
 
 # Scanners announce themselves; answering them only invites more traffic.
 SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
@@ -119,7 +114,7 @@ def mod_init() -> "Gateway":
     return gateway
 
 
-class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
+class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
     def __init__(self, cfg: settings_mod.Settings) -> None:
         self.cfg = cfg
         self.store = BindingStore(cfg.redis_url)
@@ -254,23 +249,20 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
         follow the Record-Route set to the other side, media renegotiated on the way."""
         if KSR.siputils.has_totag() < 0:
             return False
+        routes = _pv("$(hdr(Route)[*])")
         if KSR.rr.loose_route() > 0:
             self.DLGURI()
-            if KSR.is_BYE():
-                self._media_delete("bye")
-            elif KSR.is_method_in("IUP") or KSR.is_ACK():
-                if not self.MEDIA_OFFER():
-                    return True
-            if KSR.is_ACK():
-                KSR.tm.t_relay()
-                return True
-            self.RELAY()
-            return True
-        if KSR.is_ACK():
+            if self._dialog_target(routes):  # kemi/reroute.py: phones that reconnected
+                self._dialog_relay()
+        elif not routes and self.AUTH():
+            KSR.setflag(FL_PEER)  # handed over by the node holding the dialog and media
+            if self.RECONNECT(may_hand_over=False):
+                self._dialog_relay()
+        elif KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
                 self.RELAY()
-            return True
-        _reply(404, "Not here", "withindlg.no_route")
+        else:
+            _reply(404, "Not here", "withindlg.no_route")
         return True
 
     def DLGURI(self) -> None:
@@ -479,6 +471,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
             return False
         KSR.seturi(binding.contact)
         KSR.setdsturi(binding.received)
+        KSR.rr.add_rr_param(f";{reconnect.RR_CONID}={binding.conid}")  # for RECONNECT
         _log("info", "location.found", method=KSR.kx.get_method(), user=user, dst=binding.received)
         return True
 
@@ -488,6 +481,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
         if KSR.is_INVITE():
             KSR.dialog.dlg_manage()
         if KSR.is_method_in("IS") or KSR.is_REFER():
+            if self._from_ws():
+                KSR.rr.add_rr_param(f";{reconnect.RR_CONID}={KSR.kx.get_conid()}")
             KSR.rr.record_route()
         # The destination first: MEDIA_OFFER picks the flags by where it goes.
         self._select_pbx()   # kemi/pbxroute.py: the first PBX up
@@ -525,8 +520,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
         flags of the side that receives it. Returns False when a reply was sent."""
         if KSR.textops.has_body_type("application/sdp") < 0:
             return True
-        receiver = Side.PHONE if self._to_ws() else Side.PBX
-        sender = Side.PHONE if self._from_ws() else Side.PBX
+        receiver = Side.PHONE if self._to_ws() or KSR.isflagset(FL_TO_PEER_PHONE) else Side.PBX
+        sender = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
         if KSR.is_ACK() or KSR.is_PRACK():
             op = Op.OFFER if not KSR.isflagset(FL_REQ_SDP) and KSR.is_PRACK() else Op.ANSWER
         else:
@@ -562,7 +557,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting):
                 and KSR.textops.has_body_type("application/sdp") > 0):
             # The reply goes back to whoever sent the request.
             receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
-            sender = Side.PHONE if self._from_ws() else Side.PBX
+            sender = Side.PHONE if self._from_ws() or KSR.isflagset(FL_TO_PEER_PHONE) else Side.PBX
             op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
             rc = _rtpengine(op, str(media.flags(op, receiver, sender, self.cn)), sender, self.cn)
             if rc < 0:

@@ -12,8 +12,8 @@ from typing import Callable
 import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import logfmt, metrics, pbx, settings as settings_mod
+from kemi.flags import FL_TO_PBX
 
-FL_TO_PBX = 7   # transaction flag: sent to a GW_PBX entry dispatcher chose (app.py lists them all)
 
 
 def _warn(event: str, **fields: object) -> None:
