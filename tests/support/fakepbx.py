@@ -61,15 +61,23 @@ class PbxCall:
         ipaddress.ip_address(host)
         return host, port
 
-    def ack(self) -> None:
-        self.pbx.send(self._in_dialog("ACK", 1), self._next_hop())
+    def ack(self, cseq: int = 1) -> None:
+        self.pbx.send(self._in_dialog("ACK", cseq), self._next_hop())
 
     def bye(self, timeout: float = 3.0) -> int:
-        text = self._in_dialog("BYE", 2)
-        waiter = self.pbx._expect(self.invite.call_id, 2, "BYE")
-        self.pbx.send(text, self._next_hop())
-        final = self.pbx._final(waiter, timeout)
+        final = self.request("BYE", 2, timeout=timeout)
         return final.status if final is not None else 0
+
+    def request(self, method: str, cseq: int, extra: list[tuple[str, str]] = (),
+                timeout: float = 3.0, body: str = "") -> Msg | None:
+        """An in-dialog request along the route set (extra headers after CSeq,
+        e.g. Event: talk; an SDP body); its final response, None if none came in time."""
+        msg = sipmsg.parse(self._in_dialog(method, cseq))
+        msg.headers += list(extra) + ([("Content-Type", "application/sdp")] if body else [])
+        msg.body = body
+        waiter = self.pbx._expect(self.invite.call_id, cseq, method)
+        self.pbx.send(msg.text(), self._next_hop())
+        return self.pbx._final(waiter, timeout)
 
 
 class FakePbx:

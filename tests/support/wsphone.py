@@ -763,6 +763,19 @@ class WsPhone:
         with contextlib.suppress(BaseException):
             await asyncio.wait_for(self._reader, 2)
 
+    async def reconnect(self, url: str, *, origin: str | None = None, open_timeout: float = 5.0) -> None:
+        """A new WebSocket (to the same or another gateway node), as JsSIP opens
+        after its connection dropped: the Contact, +sip.instance, registration
+        Call-ID and dialogs stay; register() again afterwards."""
+        with contextlib.suppress(Exception):
+            await self.ws.close()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(self._reader, 2)
+        self.ws = await _ws_connect(url, subprotocols=["sip"], origin=origin, open_timeout=open_timeout,
+                                    ping_interval=None)
+        self.closed = asyncio.Event()
+        self._reader = asyncio.create_task(self._read_loop())
+
     async def __aenter__(self) -> "WsPhone":
         return self
 
