@@ -19,6 +19,7 @@ import pytest
 
 from support.agent_harness import (Bridge, Browser, Sipp, free_udp_pair, make_media, png_pixels,
                                    wait_for)
+from support.tcpproxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "_artifacts" / "agent"
@@ -42,8 +43,17 @@ def workdir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def bridge(gw, workdir, agent_install):
-    b = Bridge.start(gw.ws_url, WWE, workdir / "cert", workdir / "bridge.log",
+def ws_proxy(gw):
+    """The page reaches the gateway through a TCP relay (as through nginx), which a
+    test can cut to drop the page's WebSocket without touching the page."""
+    proxy = TcpProxy((gw.cfg.ws_listen.host, gw.cfg.ws_listen.port))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture(scope="module")
+def bridge(gw, workdir, agent_install, ws_proxy):
+    b = Bridge.start(ws_proxy.ws_url, WWE, workdir / "cert", workdir / "bridge.log",
                      command=agent_install.command, base_env=agent_install.env())
     yield b
     b.stop()
@@ -412,6 +422,58 @@ def test_5_screenshot_of_each_state(gw, bridge, browser, workdir, sipps):
     assert {s["text"] for s in shots.values()} == {"Registered", "Ringing", "Talking", "On hold"}
     (workdir / "screenshots.json").write_text(json.dumps(shots, indent=2))
     print(json.dumps(shots, indent=2))
+
+
+# ------------------------------------------------------------------ reconnect
+def test_5b_websocket_cut_mid_call_notify_hold_and_talk_still_work(gw, bridge, browser, workdir, sipps,
+                                                                    ws_proxy):
+    """Mid-call the page's WebSocket is cut (the relay in front of the gateway
+    closes it; the page is not touched). JsSIP reconnects and registers again by
+    itself with the same Contact and +sip.instance; the audio never depended on
+    the WebSocket; the PBX's NOTIFY hold and talk reach the page over its new
+    connection, and the agent still hangs up."""
+    ensure_registered(gw, bridge, browser, workdir, sipps)
+    pbx = pbx_calls_agent(gw, workdir, sipps, "reconnect")
+    browser.wait_state("ringing", 20)
+    pbx.command("talk")
+    browser.wait_state("talking", 20)
+    rtp_flows(browser, "before the WebSocket is cut")
+    before = binding(gw)
+    reg = registrar(gw, workdir, sipps, "registrar_reconnect")  # answers the page's new REGISTER
+
+    def registration() -> str:
+        return browser.eval("window.phone.state().registration")
+    assert ws_proxy.cut() >= 1
+    # JsSIP reports 'disconnected', then 'unregistered' (its registrator lost the transport).
+    wait_for(lambda: registration() != "registered", 10, "the page to lose its WebSocket")
+    t0 = time.monotonic()
+    wait_for(lambda: registration() == "registered", 30, "JsSIP to reconnect and register again")
+    back_after = time.monotonic() - t0
+    reg.assert_ok(10)
+    after = wait_for(lambda: (b := binding(gw)) and b["conid"] != before["conid"] and b, 5,
+                     "the binding of the new connection")
+    assert (after["contact"], after["instance"]) == (before["contact"], before["instance"])
+    assert browser.state() == "talking", "the call went on while the WebSocket was down"
+    rtp_flows(browser, "after the reconnect")
+    browser.screenshot("5b_reconnected")
+
+    pbx.command("hold")
+    browser.wait_state("held", 20)
+    pbx.command("talk")
+    browser.wait_state("talking", 20)
+    rtp_flows(browser, "held and retrieved after the reconnect")
+    status, body, _ = bridge.post("/calls/current/hangup", origin=WWE)
+    assert status == 200, body
+    pbx.assert_ok(20)
+    browser.wait_state("registered", 15)
+
+    rerouted = [line.split("event=", 1)[1] for line in gw.kamailio_log().splitlines()
+                if "event=dialog.rerouted" in line and pbx.call_id in line]
+    assert len(rerouted) == 2 and all("method=NOTIFY" in r and f"to_conid={after['conid']}" in r
+                                      for r in rerouted), rerouted
+    assert len(pbx.received("INVITE ")) == 2, "the page's hold and retrieve re-INVITEs reached the PBX"
+    print(f"reconnect: page registered again {back_after:.1f} s after the cut "
+          f"(JsSIP connection_recovery_min_interval 2 s); conid {before['conid']} -> {after['conid']}")
 
 
 # ------------------------------------------------------------------ logout
