@@ -163,6 +163,18 @@ def rtp_flows(browser: Browser, what: str, timeout: float = 15) -> dict:
     return result
 
 
+def talking_call(gw, bridge, browser: Browser, workdir: Path, sipps: list, name: str, what: str) -> Sipp:
+    """The PBX calls the registered agent and answers it remotely (NOTIFY talk);
+    audio flows both ways. Returns the PBX (SIPp, waiting for commands)."""
+    ensure_registered(gw, bridge, browser, workdir, sipps)
+    pbx = pbx_calls_agent(gw, workdir, sipps, name)
+    browser.wait_state("ringing", 20)
+    pbx.command("talk")
+    browser.wait_state("talking", 20)
+    rtp_flows(browser, what)
+    return pbx
+
+
 def relay_legs(gw, call_id: str) -> dict[str, int]:
     """Packets rtpengine received per call leg (tag), from an ng query."""
     q = gw.ng().query(call_id)
@@ -287,12 +299,7 @@ def test_3_notify_hold_then_talk_holds_and_retrieves(gw, bridge, browser, workdi
     """Event: hold puts the call on hold (re-INVITE a=sendonly, page 'held', no
     audio from the PBX); Event: talk retrieves it and audio flows again. The
     agent then hangs up through the bridge."""
-    ensure_registered(gw, bridge, browser, workdir, sipps)
-    pbx = pbx_calls_agent(gw, workdir, sipps, "inbound_hold")
-    browser.wait_state("ringing", 20)
-    pbx.command("talk")
-    browser.wait_state("talking", 20)
-    rtp_flows(browser, "before hold")
+    pbx = talking_call(gw, bridge, browser, workdir, sipps, "inbound_hold", "before hold")
 
     pbx.command("hold")
     browser.wait_state("held", 20)
@@ -432,12 +439,7 @@ def test_5b_websocket_cut_mid_call_notify_hold_and_talk_still_work(gw, bridge, b
     itself with the same Contact and +sip.instance; the audio never depended on
     the WebSocket; the PBX's NOTIFY hold and talk reach the page over its new
     connection, and the agent still hangs up."""
-    ensure_registered(gw, bridge, browser, workdir, sipps)
-    pbx = pbx_calls_agent(gw, workdir, sipps, "reconnect")
-    browser.wait_state("ringing", 20)
-    pbx.command("talk")
-    browser.wait_state("talking", 20)
-    rtp_flows(browser, "before the WebSocket is cut")
+    pbx = talking_call(gw, bridge, browser, workdir, sipps, "reconnect", "before the WebSocket is cut")
     before = binding(gw)
     reg = registrar(gw, workdir, sipps, "registrar_reconnect")  # answers the page's new REGISTER
 
