@@ -37,6 +37,7 @@ class Scenario:
     hangup: str = "pbx"                          # who sends the BYE
     mdns: bool = False                           # Chrome-style mDNS candidates, c=0.0.0.0, port 9
     offer_cn: bool = True                        # the phone offers CN 13 (Chrome does)
+    call_id: str | None = None                   # the phone's Call-ID (phone->pbx), else random
     # results
     phone: WebRtcPhone | None = None
     call: PhoneCall | None = None
@@ -99,7 +100,7 @@ async def _run(sc: Scenario, stack: Any, pbx: RtpPbx) -> None:
     if sc.order == "phone->pbx":
         target = f"2{sc.dn}"
         pbx.plans[target] = sc.plan
-        sc.call = await sc.phone.call(target)
+        sc.call = await sc.phone.call(target, call_id=sc.call_id)
         sc.statuses["invite"] = sc.call.status
         assert sc.call.status == 200, f"INVITE got {sc.call.status}"
         sc.leg = await _wait(lambda: pbx.legs.get(sc.call.call_id), 5, "the call at the PBX")

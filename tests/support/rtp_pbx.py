@@ -7,19 +7,24 @@ then going in the ACK), holds and resumes by re-INVITE, answers re-INVITEs,
 and hangs up.
 
 What it sends is a MediaPlan: a tone (continuous or in bursts), CN packets in
-the silences between bursts (optionally CN that its SDP never declared), and
-DTMF digits. What it receives is kept per packet (RxLog) for the tests."""
+the silences between bursts (optionally CN that its SDP never declared), DTMF
+digits, RTCP sender/receiver reports every second (support/rtcp.py: what
+rtpengine computes loss, jitter and MOS from), and optionally network loss (a
+share of its RTP never sent). What it receives is kept per packet (RxLog) for
+the tests. DNs in `ring_only` ring until CANCELled (with early media if also
+in `early_media`)."""
 from __future__ import annotations
 
 import ipaddress
 import queue
 import random
+import re
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
 
-from support import sipmsg
+from support import rtcp, sipmsg
 from support.fakepbx import FakePbx, uri_hostport
 from support.rtpaudio import (DTMF_EVENTS, FRAME, PT_CN, PT_PCMU, PTIME, RxLog, TxLog,
                               dtmf_payload, mark_frame, rtp_pack, rtp_parse, tone, ulaw_encode)
@@ -43,6 +48,18 @@ class MediaPlan:
     dtmf_at: float = 1.0          # ... starting this many seconds after the media starts
     dtmf_ticks: int = 8           # event length in 20 ms ticks (then 3 end packets)
     dtmf_gap_ticks: int = 5
+    # Network loss on the way out: this share of the RTP packets is never sent
+    # (sequence numbers still count them, as when a network drops them).
+    drop_ratio: float = 0.0
+    # RTCP SR/RR every this many seconds (Asterisk: rtcpinterval, 5 s by
+    # default, 0.5 s at least); None: no RTCP at all.
+    rtcp_interval: float | None = 1.0
+
+    def drops(self, n: int) -> bool:
+        """Is the n-th RTP packet (0-based) lost? Spread evenly: exactly
+        drop_ratio of any long run, never two losses in a row below 50 %."""
+        r = self.drop_ratio
+        return r > 0 and int((n + 1) * r) > int(n * r)
 
     def silence(self, tick: int) -> bool:
         if self.burst_ms is None:
@@ -58,12 +75,12 @@ def _even_port_pair(host: str) -> tuple[socket.socket, socket.socket]:
         rtp.bind((host, 0))
         port = rtp.getsockname()[1]
         if port % 2 == 0:
-            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            rtcp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                rtcp.bind((host, port + 1))
-                return rtp, rtcp
+                rtcp_sock.bind((host, port + 1))
+                return rtp, rtcp_sock
             except OSError:
-                rtcp.close()
+                rtcp_sock.close()
         rtp.close()
     raise RuntimeError("no free RTP/RTCP port pair")
 
@@ -76,12 +93,18 @@ class RtpEndpoint:
         self.sock, self.rtcp_sock = _even_port_pair(host)
         self.host, self.port = self.sock.getsockname()
         self.remote: tuple[str, int] | None = None
+        self.remote_rtcp: tuple[str, int] | None = None
         self.pt_audio = PT_PCMU
         self.pt_te = TE_PT
         self.sending = False          # decided by SDP direction (hold)
         self.rx = RxLog()
         self.tx = TxLog()
         self.rtcp_rx = 0
+        self.rtcp_tx = 0
+        self.rtcp_state = rtcp.RtcpState()
+        self.rtp_sent = 0             # RTP packets sent, the dropped ones included
+        self.rtp_dropped = 0
+        self.octets_sent = 0
         self.ssrc = random.getrandbits(32)
         self.seq = random.getrandbits(16)
         self.ts = random.getrandbits(32)
@@ -96,7 +119,10 @@ class RtpEndpoint:
         if self._threads:
             return
         self.started_at = time.monotonic()
-        for target in (self._send_loop, self._recv_loop, self._rtcp_loop):
+        targets = [self._send_loop, self._recv_loop, self._rtcp_loop]
+        if self.plan.rtcp_interval:
+            targets.append(self._rtcp_send_loop)
+        for target in targets:
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self._threads.append(t)
@@ -170,8 +196,14 @@ class RtpEndpoint:
         if audio:
             mark = self.tx.next_mark()
             payload = mark_frame(payload, mark)
-        self.sock.sendto(rtp_pack(pt, self.seq, self.ts if ts is None else ts, self.ssrc, payload,
-                                  marker), self.remote)
+        lost = self.plan.drops(self.rtp_sent)
+        self.rtp_sent += 1
+        self.octets_sent += len(payload)
+        if lost:
+            self.rtp_dropped += 1
+        else:
+            self.sock.sendto(rtp_pack(pt, self.seq, self.ts if ts is None else ts, self.ssrc, payload,
+                                      marker), self.remote)
         self.seq = (self.seq + 1) & 0xFFFF
         self.tx.add(pt, mark)
 
@@ -187,17 +219,37 @@ class RtpEndpoint:
             h = rtp_parse(data)
             if h is not None:
                 self.rx.add(h)
+                self.rtcp_state.rtp(h.ssrc, h.seq, h.ts, time.monotonic())
 
     def _rtcp_loop(self) -> None:
         self.rtcp_sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
-                self.rtcp_sock.recv(4096)
-                self.rtcp_rx += 1
+                data = self.rtcp_sock.recv(4096)
             except socket.timeout:
                 continue
             except OSError:
                 return
+            self.rtcp_rx += 1
+            self.rtcp_state.rtcp(data)
+
+    def _rtcp_send_loop(self) -> None:
+        """An SR while we send (an RR otherwise), with a report block on what
+        we receive, from our RTCP port to the other side's RTCP port."""
+        while not self._stop.wait(self.plan.rtcp_interval):
+            if self.remote_rtcp is None:
+                continue
+            blocks = self.rtcp_state.blocks()[-31:]
+            if self.sending and self.rtp_sent:
+                packet = rtcp.sender_report(self.ssrc, self.ts, self.rtp_sent, self.octets_sent, blocks)
+            else:
+                packet = rtcp.receiver_report(self.ssrc, blocks)
+            try:
+                self.rtcp_sock.sendto(packet, self.remote_rtcp)
+                self.rtcp_tx += 1
+            except OSError:
+                if self._stop.is_set():
+                    return
 
 
 @dataclass
@@ -261,6 +313,8 @@ class PbxLeg:
         if sdp.addr and sdp.port:
             ipaddress.ip_address(sdp.addr)   # loopback addresses only, never a name
             self.ep.remote = (sdp.addr, sdp.port)
+            found = re.search(r"^a=rtcp:(\d+)", sdp.text, re.M)
+            self.ep.remote_rtcp = (sdp.addr, int(found.group(1)) if found else sdp.port + 1)
         te = sdp.pt_of("telephone-event")
         if te is not None:
             self.ep.pt_te = te
@@ -331,6 +385,9 @@ class RtpPbx(FakePbx):
         self.plans: dict[str, MediaPlan] = {}     # per To user (DN dialled by the phone)
         self.legs: dict[str, PbxLeg] = {}
         self.incoming: "queue.Queue[PbxLeg]" = queue.Queue()
+        self.ring_only: set[str] = set()          # DNs that ring and never answer ...
+        self.early_media: set[str] = set()        # ... playing early media (183) meanwhile
+        self.ringing: dict[str, tuple[Msg, tuple[str, int], str]] = {}
         super().__init__(host, port)
 
     def _new_leg(self, call_id: str, plan: MediaPlan, uas: bool) -> PbxLeg:
@@ -348,6 +405,23 @@ class RtpPbx(FakePbx):
                 self.seen.append(msg)
             self.send(sipmsg.response(msg, 100, "Trying"), addr)
             user = msg.ruri.split(":", 1)[1].split("@", 1)[0]
+            if user in self.ring_only:
+                # rings until the caller gives up (CANCEL -> 487); with early
+                # media, 183 with an answer and a prompt playing meanwhile
+                tag = sipmsg.new_tag()
+                with self._lock:
+                    self.ringing[msg.call_id] = (msg, addr, tag)
+                if user in self.early_media and msg.body:
+                    leg = self._new_leg(msg.call_id, self.plans.get(user, self.plan), uas=True)
+                    leg.dialog = Dialog.as_uas(msg, tag)
+                    self.send(sipmsg.response(msg, 183, "Session Progress", to_tag=tag,
+                                              extra=[self._contact()], body=leg.answer(parse_sdp(msg.body)),
+                                              record_route=True), addr)
+                    leg.ep.start()
+                else:
+                    self.send(sipmsg.response(msg, 180, "Ringing", to_tag=tag, extra=[self._contact()],
+                                              record_route=True), addr)
+                return
             leg = self._new_leg(msg.call_id, self.plans.get(user, self.plan), uas=True)
             tag = sipmsg.new_tag()
             leg.dialog = Dialog.as_uas(msg, tag)
@@ -372,6 +446,15 @@ class RtpPbx(FakePbx):
             if msg.body and leg.uas:
                 leg.take_answer(parse_sdp(msg.body), leg.desire)
             leg.acked.set()
+            return
+        if method == "CANCEL" and msg.call_id in self.ringing:
+            with self._lock:
+                self.seen.append(msg)
+                invite, invite_addr, tag = self.ringing.pop(msg.call_id)
+            self.send(sipmsg.response(msg, 200, "OK", to_tag=tag), addr)
+            self.send(sipmsg.response(invite, 487, "Request Terminated", to_tag=tag), invite_addr)
+            if leg is not None:
+                leg.end("cancel")
             return
         if leg is not None and method == "BYE":
             with self._lock:

@@ -483,9 +483,9 @@ class WebRtcPhone:
         final = await self.transact(sipmsg.request("REGISTER", f"sip:{self.domain}", headers))
         return final.status if final is not None else 0
 
-    async def call(self, dn: str) -> PhoneCall:
+    async def call(self, dn: str, call_id: str | None = None) -> PhoneCall:
         """INVITE sip:<dn>@domain with aiortc's offer (plus CN and telephone-event)."""
-        call_id = uuid.uuid4().hex
+        call_id = call_id or uuid.uuid4().hex
         media = PhoneMedia.create(self.freq)
         call = PhoneCall(self, call_id, media, outgoing=True)
         self.calls[call_id] = call
