@@ -1,0 +1,108 @@
+"""kemi/quality.py against real rtpengine 10.5 `query` replies, captured from
+calls through the gateway (tests/support/capture_quality.py; documentation
+addresses only)."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from kemi import logfmt, quality
+from kemi.quality import PBX, PHONE
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "rtpengine"
+
+
+def load(name: str) -> dict:
+    return json.loads((DATA / f"query_{name}.json").read_text())
+
+
+def test_clean_call_both_directions_measured():
+    call = quality.parse(load("clean_phone_to_pbx"), call_id="c1")
+    assert {leg.side for leg in call.legs} == {PHONE, PBX}
+    for side in (PHONE, PBX):
+        f = call.figures(side)
+        assert f.mos == 4.4 and f.loss == 0.0 and f.samples >= 5
+        assert f.jitter_ms is not None and f.rtt_ms is not None and f.rtt_ms > 0
+    assert call.mos == 4.4
+    phone, pbx = call.leg(PHONE), call.leg(PBX)
+    assert phone.protocol == "UDP/TLS/RTP/SAVPF" and phone.crypto and phone.peer.startswith("203.0.113.50:")
+    assert pbx.protocol == "RTP/AVP" and pbx.peer.startswith("198.51.100.20:")
+    assert pbx.local.startswith("192.0.2.10:") and pbx.codec == "PCMU/8000"
+    assert pbx.packets > 400 and phone.packets > 400
+
+
+@pytest.mark.parametrize("name", ["lossy_pbx_leg_phone_to_pbx", "lossy_pbx_leg_pbx_to_phone"])
+def test_loss_on_the_pbx_leg_is_reported_by_the_phone(name):
+    """The PBX dropped 10 %: the phone's receiver reports (under the phone's
+    SSRC) say so, and they are the figures of what came from the PBX."""
+    reply = load(name)
+    call = quality.parse(reply)
+    phone_ssrcs = {str(s) for s in call.leg(PHONE).ssrcs}
+    assert phone_ssrcs & set(reply["SSRC"])
+    assert call.figures(PBX).loss == pytest.approx(0.09)
+    assert call.figures(PHONE).loss == 0.0
+    assert call.figures(PBX).mos < call.figures(PHONE).mos
+    assert call.mos == call.figures(PBX).mos
+
+
+def test_pbx_without_rtcp_gives_no_figures_only_packets():
+    """rtpengine lists no SSRC stats unless both ends send RTCP: nothing is
+    invented, but the packets it relayed are known."""
+    call = quality.parse(load("pbx_without_rtcp"))
+    assert call.came_from == {} and call.mos is None and call.rtt_ms is None
+    fields = {k: v for k, v in quality.log_fields(call).items() if v is not None}
+    assert set(fields) == {"packets_phone", "packets_pbx"}
+    assert int(fields["packets_pbx"]) > 400
+
+
+def test_log_fields_format_and_order():
+    call = quality.parse(load("lossy_pbx_leg_phone_to_pbx"))
+    line = logfmt.line("call.quality", call_id="abc", dn="4682", direction="outbound", duration=10,
+                       **quality.log_fields(call))
+    assert line.startswith("event=call.quality call_id=abc dn=4682 direction=outbound duration=10 mos=3.5 "
+                           "loss_phone=0.00 loss_pbx=0.09 jitter_ms_phone=")
+    parsed = logfmt.parse(line)
+    assert float(parsed["rtt_ms"]) > 0 and parsed["packets_pbx"].isdigit()
+
+
+def test_json_from_kamailio_is_the_same_reply():
+    """rtpengine_query_v("j", ...) hands the reply over as JSON."""
+    reply = load("clean_phone_to_pbx")
+    assert quality.parse_json(json.dumps(reply)) == quality.parse(reply)
+    assert quality.parse_json("") is None and quality.parse_json("[1]") is None
+
+
+def test_plain_sip_phone_legs_told_apart_by_the_callers_tag():
+    """Both legs plain RTP (a desk phone or a load test calling the PBX): the
+    protocol cannot tell, the From-tag of the INVITE and its direction can."""
+    reply = copy.deepcopy(load("clean_phone_to_pbx"))
+    tags = reply["tags"]
+    phone_tag = next(t for t, v in tags.items() if "SAVP" in v["medias"][0]["protocol"])
+    for media in tags[phone_tag]["medias"]:
+        media["protocol"] = "RTP/AVP"
+        media["flags"] = [f for f in media["flags"] if f not in ("DTLS-SRTP", "ICE", "trickle ICE")]
+    assert {leg.side for leg in quality.parse(reply).legs} == {PBX}
+    call = quality.parse(reply, caller_tag=phone_tag, caller_side=PHONE)
+    assert call.leg(PHONE).tag == phone_tag and call.figures(PHONE).mos == 4.4
+
+
+def test_had_media():
+    quiet = quality.CallQuality("x", None, (quality.Leg(PHONE, "a"), quality.Leg(PBX, "b")))
+    assert not quality.had_media(quiet, answered=False)   # CANCEL before answer
+    assert quality.had_media(quiet, answered=True)        # answered, no packets: worth a line
+    early = quality.CallQuality("x", None, (quality.Leg(PBX, "b", packets=50),))
+    assert quality.had_media(early, answered=False)
+
+
+def test_garbage_never_raises():
+    for reply in ({}, {"tags": "x"}, {"tags": {"a": {"medias": [{"streams": "x"}]}}},
+                  {"SSRC": {"1": {"average MOS": {"MOS": "x"}}}, "tags": {}}):
+        call = quality.parse(reply)
+        assert call.mos is None
+    reply = load("clean_phone_to_pbx")
+    for entry in reply["SSRC"].values():
+        entry["average MOS"]["MOS"] = 0      # rtpengine: 0 = no MOS
+    assert quality.parse(reply).mos is None
