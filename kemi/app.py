@@ -3,8 +3,9 @@
 Kamailio imports this file in its main process and forks workers from it; each
 worker then calls the route methods below. Routes follow Kamailio's canonical
 blocks, in order. Only this file and its route mixins touch KSR (wsguard.py the
-connection guard, pbxroute.py several PBXs, reroute.py calls surviving a reconnect):
-SDP/flag choice, bindings, settings and limits are pure modules next to them.
+connection guard, pbxroute.py several PBXs, reroute.py calls surviving a reconnect,
+qualityroute.py call quality): SDP/flag choice, bindings, settings, limits and
+call quality are pure modules next to them.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import time  # noqa: E402
 import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import authguard, bindings, health, logfmt, media, metrics, reconnect, turn, wsguard  # noqa: E402
-from kemi import pbx, pbxroute  # noqa: E402
+from kemi import pbx, pbxroute, qualityroute  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.flags import (FL_AUTH_TRACK, FL_FROM_WS, FL_MEDIA, FL_PEER, FL_REQ_SDP,  # noqa: E402
@@ -35,9 +36,6 @@ from kemi.ng import NgClient  # noqa: E402
 from kemi.reroute import Reroute  # noqa: E402
 from kemi.store import BindingStore, StoreError  # noqa: E402
 
-# Scanners announce themselves; answering them only invites more traffic.
-SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
-              "iwar", "vaxsipuseragent", "pplsip", "sipbomber", "smap", "nessus")
 FLOOD_WINDOW = "gwflood"   # htable: REGISTERs per source in the last 10 s (kamailio.cfg)
 FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
 WS_CLIENTS = "gwwsip"      # htable: WebSocket conid -> the phone's address behind a proxy
@@ -60,14 +58,7 @@ def _log(level: str, event: str, **fields: object) -> None:
     if "call_id" not in fields:
         fields["call_id"] = KSR.kx.get_callid()
     text = logfmt.line(event, **fields) + "\n"
-    if level == "err":
-        KSR.err(text)
-    elif level == "warn":
-        KSR.warn(text)
-    elif level == "dbg":
-        KSR.dbg(text)
-    else:
-        KSR.info(text)
+    {"err": KSR.err, "warn": KSR.warn, "dbg": KSR.dbg}.get(level, KSR.info)(text)
 
 
 def _reply(code: int, reason: str, event: str, retry_after: int | None = None, **fields: object) -> None:
@@ -114,7 +105,8 @@ def mod_init() -> "Gateway":
     return gateway
 
 
-class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
+class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
+              qualityroute.QualityReport):
     def __init__(self, cfg: settings_mod.Settings) -> None:
         self.cfg = cfg
         self.store = BindingStore(cfg.redis_url)
@@ -184,7 +176,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
             return 1
         if not KSR.isflagset(FL_PEER):
             if KSR.is_INVITE():
-                KSR.dialog.dlg_manage()
+                self._dlg_call_start("inbound")
             if KSR.is_method_in("IS") or KSR.is_REFER():
                 KSR.rr.record_route()
             if not self.MEDIA_OFFER():
@@ -203,7 +195,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
             _reply(483, "Too Many Hops", "reqinit.maxfwd")
             return True
         ua = (KSR.kx.get_ua() or "").lower()
-        if ua and any(s in ua for s in SCANNER_UA):
+        if authguard.is_scanner(ua):
             _log("info", "reqinit.scanner", src=KSR.kx.get_srcip(), ua=ua, outcome="dropped")
             return True
         if self._flooding():
@@ -479,7 +471,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
     def TO_PBX(self) -> None:
         """Why: everything a phone starts outside a dialog goes to the PBX."""
         if KSR.is_INVITE():
-            KSR.dialog.dlg_manage()
+            self._dlg_call_start("outbound")
         if KSR.is_method_in("IS") or KSR.is_REFER():
             if self._from_ws():
                 KSR.rr.add_rr_param(f";{reconnect.RR_CONID}={KSR.kx.get_conid()}")
@@ -650,13 +642,9 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
     def HTTP(self) -> None:
         """Why: operators scrape /metrics and probe /health on the same port."""
         method, path = KSR.kx.get_method(), _pv("$hu").split("?", 1)[0]
-        if path == "/turn":
-            self._http(404, "Not Found", {"error": "no TURN credentials here: an agent gets them in "
-                                          "the X-TURN header of the 200 OK to its REGISTER"})
-        elif path not in ("/metrics", "/health"):
-            self._http(404, "Not Found", {"error": f"unknown path {path}"})
-        elif method not in ("GET", "HEAD"):
-            self._http(405, "Method Not Allowed", {"error": f"{method} not allowed on {path}"})
+        refusal = health.http_refusal(method, path)
+        if refusal is not None:
+            self._http(*refusal)
         elif path == "/metrics":
             KSR.xhttp.xhttp_reply(200, "OK", "text/plain; version=0.0.4; charset=utf-8",
                                   metrics.render(self.live).decode())
@@ -691,6 +679,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute):
 
     def _media_delete(self, why: str) -> None:
         if KSR.isflagset(FL_MEDIA) or KSR.is_BYE() or KSR.is_CANCEL():
+            self._call_quality(answered=why == "bye")
             if KSR.rtpengine.rtpengine_delete("") < 0:
                 KSR.rtpengine.rtpengine_delete("")
             _log("info", "media.delete", why=why)

@@ -36,6 +36,9 @@ from typing import Any, Optional
 from kemi.bindings import Binding, ContactSpec, uri_user_host
 
 PREFIX = "gw:auth:"
+# Scanners announce themselves in User-Agent; answering them only invites more traffic.
+SCANNER_UA = ("friendly-scanner", "sipvicious", "sipcli", "sip-scan", "sipsak", "sundayddr",
+              "iwar", "vaxsipuseragent", "pplsip", "sipbomber", "smap", "nessus")
 FAIL = PREFIX + "fail:"
 FAIL_IP = PREFIX + "failip:"
 BAN = PREFIX + "ban:"
@@ -337,3 +340,8 @@ def unban(client: Any, ip: str, dn: Optional[str] = None) -> list[str]:
 
 def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def is_scanner(user_agent: str) -> bool:
+    ua = user_agent.lower()
+    return bool(ua) and any(s in ua for s in SCANNER_UA)

@@ -61,3 +61,16 @@ def rtpengine_stats(engines: Iterable[NgClient]) -> Optional[dict]:
                 if isinstance(v, int):
                     dst[k] = dst.get(k, 0) + v
     return total or None
+
+
+def http_refusal(method: str, path: str) -> Optional[tuple[int, str, dict]]:
+    """(code, reason, JSON body) for an HTTP request the gateway refuses; None
+    for GET/HEAD of /metrics and /health."""
+    if path == "/turn":
+        return 404, "Not Found", {"error": "no TURN credentials here: an agent gets them in "
+                                           "the X-TURN header of the 200 OK to its REGISTER"}
+    if path not in ("/metrics", "/health"):
+        return 404, "Not Found", {"error": f"unknown path {path}"}
+    if method not in ("GET", "HEAD"):
+        return 405, "Method Not Allowed", {"error": f"{method} not allowed on {path}"}
+    return None

@@ -12,7 +12,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Optional
+
+if TYPE_CHECKING:
+    from kemi.quality import CallQuality
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -68,6 +71,20 @@ DIALOG_REROUTED = Counter("gateway_dialog_rerouted",
 RECONNECT_TIMEOUTS = Counter("gateway_dialog_reconnect_timeouts",
                              "In-dialog requests that waited GW_RECONNECT_WAIT in vain for their phone (480)")
 
+# Call quality, observed once per call that had media, from what rtpengine
+# measured (RTCP reports: kemi/quality.py); a figure it did not measure is not
+# observed at all, so counts can differ between the three.
+CALL_MOS = Histogram("gateway_call_mos",
+                     "MOS of a call's worse direction (rtpengine, from RTCP), once per call",
+                     buckets=(1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.3, 4.4, 4.5))
+CALL_LOSS = Histogram("gateway_call_packet_loss_ratio",
+                      "Share of packets lost of what came from a leg (phone or pbx), once per call",
+                      ["leg"], buckets=(0.0, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0))
+CALL_JITTER = Histogram("gateway_call_jitter_seconds",
+                        "Interarrival jitter of what came from a leg (phone or pbx), once per call",
+                        ["leg"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1,
+                                          0.2, 0.5))
+
 METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
            "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH"}
 
@@ -100,6 +117,16 @@ def count_request(method: str) -> None:
 
 def count_reply(code: int) -> None:
     _inc(_REPLY_CHILDREN, SIP_REPLIES, code_class(code))
+
+
+def observe_quality(call: "CallQuality") -> None:
+    if call.mos is not None:
+        CALL_MOS.observe(call.mos)
+    for side, figures in call.came_from.items():
+        if figures.loss is not None:
+            CALL_LOSS.labels(side).observe(figures.loss)
+        if figures.jitter_ms is not None:
+            CALL_JITTER.labels(side).observe(figures.jitter_ms / 1000)
 
 
 class LiveCollector:

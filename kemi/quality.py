@@ -19,6 +19,7 @@ None here and are left out of the log line and the metrics, never zero.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -231,3 +232,38 @@ def log_fields(call: CallQuality) -> dict[str, Optional[str]]:
         leg = call.leg(side)
         fields[f"packets_{side}"] = str(leg.packets) if leg is not None else None
     return fields
+
+
+@dataclass(frozen=True)
+class CallEnd:
+    call: CallQuality
+    fields: dict[str, Optional[str]]      # the call.quality line after its call_id
+
+
+def dlg_call(direction: str, dn: str, from_tag: str) -> str:
+    """What the dialog keeps from the initial INVITE for the call's end: which
+    way it went (inbound: to the agent), the agent's DN and the caller's tag."""
+    return json.dumps([direction, dn or "", from_tag or ""])
+
+
+def at_end(query_json: str, dlg_value: str, start_ts: Any, answered: bool,
+           now: Optional[float] = None) -> Optional[CallEnd]:
+    """The quality line of a call that ends (None: no media, nothing to say),
+    from rtpengine's query reply (JSON), the dialog's dlg_call() value and the
+    dialog's start (the 2xx, epoch seconds; only answered calls have a duration)."""
+    try:
+        direction, dn, from_tag = (list(json.loads(dlg_value)) + ["", "", ""])[:3]
+    except (ValueError, TypeError):
+        direction = dn = from_tag = ""
+    call = parse_json(query_json, caller_tag=str(from_tag),
+                      caller_side=PHONE if direction == "outbound" else PBX)
+    if call is None or not had_media(call, answered):
+        return None
+    start = _int(start_ts) or 0
+    now = time.time() if now is None else now
+    fields: dict[str, Optional[str]] = {
+        "dn": str(dn) or None, "direction": str(direction) or None,
+        "duration": str(max(int(now - start), 0)) if answered and start > 0 else None,
+    }
+    fields.update(log_fields(call))
+    return CallEnd(call, fields)

@@ -268,3 +268,10 @@ def test_list_and_unban():
     assert sorted(lifted) == sorted([authguard.ban_ip_key(ATTACKER), authguard.ban_key(ATTACKER, "1001")])
     assert [b.src for b in authguard.list_bans(r)] == ["198.51.100.9"]
     assert not any(k.startswith(authguard.FAIL) and ATTACKER in k for k in r.data)
+
+
+def test_scanners_known_by_user_agent():
+    assert authguard.is_scanner("friendly-scanner")
+    assert authguard.is_scanner("SIPVicious 0.3")
+    assert not authguard.is_scanner("JsSIP 3.10.0")
+    assert not authguard.is_scanner("")

@@ -106,3 +106,31 @@ def test_garbage_never_raises():
     for entry in reply["SSRC"].values():
         entry["average MOS"]["MOS"] = 0      # rtpengine: 0 = no MOS
     assert quality.parse(reply).mos is None
+
+
+def test_at_end_answered_call_line():
+    reply = json.dumps(load("lossy_pbx_leg_pbx_to_phone"))
+    dlg = quality.dlg_call("inbound", "4683", "pbxtag")
+    end = quality.at_end(reply, dlg, "1000", answered=True, now=1031.7)
+    assert end is not None and end.call.figures(PBX).loss == pytest.approx(0.09)
+    f = end.fields
+    assert (f["dn"], f["direction"], f["duration"], f["loss_pbx"]) == ("4683", "inbound", "31", "0.09")
+    assert list(f)[:5] == ["dn", "direction", "duration", "mos", "loss_phone"]
+
+
+def test_at_end_unanswered_or_unknown():
+    reply = load("clean_phone_to_pbx")
+    quiet = copy.deepcopy(reply)
+    for tag in quiet["tags"].values():
+        for media in tag["medias"]:
+            for stream in media["streams"]:
+                stream["stats"]["packets"] = 0
+    dlg = quality.dlg_call("outbound", "4681", "x")
+    assert quality.at_end(json.dumps(quiet), dlg, "0", answered=False) is None   # CANCEL, no media
+    early = quality.at_end(json.dumps(reply), dlg, "0", answered=False)         # early media
+    assert early is not None and early.fields["duration"] is None
+    # no dialog values (a dialog the module did not keep): no DN, no direction, never made up
+    blind = quality.at_end(json.dumps(reply), "", "", answered=True)
+    assert blind.fields["dn"] is None and blind.fields["direction"] is None
+    assert blind.fields["duration"] is None and blind.fields["mos"] == "4.4"
+    assert quality.at_end("not json", dlg, "0", answered=True) is None
