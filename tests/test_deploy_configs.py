@@ -781,7 +781,10 @@ GATEWAY_METRICS = {
     "gateway_redis_errors_total", "gateway_up",
     "gateway_connections", "gateway_connections_limit", "gateway_shm_used_ratio",
     "gateway_connections_refused_total",
+    "gateway_call_mos", "gateway_call_packet_loss_ratio", "gateway_call_jitter_seconds",
 }
+HISTOGRAMS = {"gateway_call_setup_seconds", "gateway_call_mos", "gateway_call_packet_loss_ratio",
+              "gateway_call_jitter_seconds"}
 
 
 def test_prometheus_config_promtool():
@@ -796,6 +799,39 @@ def test_prometheus_config_promtool():
     assert jobs["rtpengine"]["static_configs"][0]["targets"] == [http_listen]
 
 
+def test_call_quality_alert_fires_on_the_share_of_calls_under_mos_3_5(tmp_path):
+    """deploy/prometheus-alerts.yml, loaded by prometheus.yml, passes promtool,
+    and promtool's rule unit test shows what it does: 30 calls in 15 min of
+    which 6 ended at MOS 3.5 or less (20 %) fire it; 2 of 30 do not, nor does
+    a quiet hour with 3 bad calls of 5."""
+    rules = DEPLOY / "prometheus-alerts.yml"
+    assert "prometheus-alerts.yml" in yaml.safe_load((DEPLOY / "prometheus.yml").read_text())["rule_files"]
+    r = run([need("promtool"), "check", "rules", str(rules)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    def series(bad_per_min: int, all_per_min: int) -> list[dict]:
+        # cumulative histogram counters scraped every minute for 30 minutes
+        return [{"series": 'gateway_call_mos_bucket{le="3.5"}', "values": f"0+{bad_per_min}x30"},
+                {"series": "gateway_call_mos_count", "values": f"0+{all_per_min}x30"}]
+
+    rule = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
+    annotations = {"summary": "20% of calls ended with a MOS of 3.5 or less (15 min)",
+                   "description": rule["annotations"]["description"]}
+
+    def case(values: list[dict], fired: bool) -> dict:
+        alerts = [{"exp_labels": {"severity": "warning"}, "exp_annotations": annotations}] if fired else []
+        return {"interval": "1m", "input_series": values,
+                "alert_rule_test": [{"eval_time": "25m", "alertname": "GatewayCallQualityLow",
+                                     "exp_alerts": alerts}]}
+    # per minute: 2 calls, 0.4 bad (20 %) / 0.067 bad (3 %); the quiet case: 1 call in 3 minutes
+    tests = {"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": [
+        case(series(0.4, 2), True), case(series(0.0667, 2), False), case(series(0.2, 0.33), False)]}
+    path = tmp_path / "alerts_test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    r = run([need("promtool"), "test", "rules", str(path)])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_grafana_dashboard_uses_gateway_metrics_and_valid_promql(tmp_path):
     dash = json.loads((DEPLOY / "grafana" / "gateway-dashboard.json").read_text())
     panels = [p for p in dash["panels"] if p["type"] != "row"]
@@ -805,13 +841,15 @@ def test_grafana_dashboard_uses_gateway_metrics_and_valid_promql(tmp_path):
     used = set()
     for title, expr in exprs:
         for name in re.findall(r"\b(gateway_[a-z_]+)", expr):
-            base = re.sub(r"_(bucket|sum|count)$", "", name) if name.startswith("gateway_call_setup") else name
+            stripped = re.sub(r"_(bucket|sum|count)$", "", name)
+            base = stripped if stripped in HISTOGRAMS else name
             assert base in GATEWAY_METRICS, f"{title}: unknown metric {name}"
             used.add(base)
     assert used == GATEWAY_METRICS, f"metrics without a panel: {GATEWAY_METRICS - used}"
     titles = " | ".join(p["title"].lower() for p in panels)
     for word in ("calls active", "call rate", "setup", "registrations", "register failures",
-                 "replies by class", "rtpengine sessions", "rtpengine packets", "rtpengine errors", "up"):
+                 "replies by class", "rtpengine sessions", "rtpengine packets", "rtpengine errors", "up",
+                 "mos", "packet loss per leg", "jitter per leg"):
         assert word in titles, f"no panel for {word!r}"
     setup = " ".join(e for t, e in exprs if "gateway_call_setup_seconds" in e)
     assert "histogram_quantile(0.5," in setup and "histogram_quantile(0.95," in setup
