@@ -240,6 +240,12 @@ class CallEnd:
     fields: dict[str, Optional[str]]      # the call.quality line after its call_id
 
 
+# The dialog's value once its quality line is out: BYEs crossing each other, or
+# a BYE after a failed re-INVITE already ended the media, find rtpengine's call
+# still there (its delete-delay) and must not count the call twice.
+REPORTED = "reported"
+
+
 def dlg_call(direction: str, dn: str, from_tag: str) -> str:
     """What the dialog keeps from the initial INVITE for the call's end: which
     way it went (inbound: to the agent), the agent's DN and the caller's tag."""
@@ -251,6 +257,8 @@ def at_end(query_json: str, dlg_value: str, start_ts: Any, answered: bool,
     """The quality line of a call that ends (None: no media, nothing to say),
     from rtpengine's query reply (JSON), the dialog's dlg_call() value and the
     dialog's start (the 2xx, epoch seconds; only answered calls have a duration)."""
+    if dlg_value == REPORTED:
+        return None
     try:
         direction, dn, from_tag = (list(json.loads(dlg_value)) + ["", "", ""])[:3]
     except (ValueError, TypeError):

@@ -44,5 +44,6 @@ class QualityReport:
                 return
             KSR.info(logfmt.line("call.quality", call_id=KSR.kx.get_callid(), **end.fields) + "\n")
             metrics.observe_quality(end.call)
+            KSR.pv.sets(DLG_CALL, quality.REPORTED)   # a crossing BYE reports nothing more
         except Exception as exc:  # the figures may be lost, never the delete
             KSR.err(logfmt.line("call.quality_failed", error=repr(exc), call_id=KSR.kx.get_callid()) + "\n")

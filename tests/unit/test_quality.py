@@ -134,3 +134,9 @@ def test_at_end_unanswered_or_unknown():
     assert blind.fields["dn"] is None and blind.fields["direction"] is None
     assert blind.fields["duration"] is None and blind.fields["mos"] == "4.4"
     assert quality.at_end("not json", dlg, "0", answered=True) is None
+
+
+def test_at_end_reports_a_call_once():
+    reply = json.dumps(load("clean_phone_to_pbx"))
+    assert quality.at_end(reply, quality.dlg_call("outbound", "1", "t"), "0", answered=True) is not None
+    assert quality.at_end(reply, quality.REPORTED, "0", answered=True) is None
