@@ -210,14 +210,11 @@ def test_several_rtpengines_figures_from_the_one_holding_the_call(tmp_path):
     loop = LoopThread()
     pbx = None
     try:
-        redis = relstack.start_redis(stack.redis_addr(cfg.redis_url), tmp_path)
-        daemons.append(redis)
-        engines = [relstack.start_rtpengine(cfg, ng[i], relstack.media_range(i + 5), tmp_path,
-                                            f"rtpengine-{i}") for i in range(2)]
-        daemons += engines
-        kam = relstack.start_kamailio(cfg, env, tmp_path)
-        daemons.append(kam)
-        gw2 = Stack(env, cfg, tmp_path, redis, engines[0], kam, cfg.pbx, cfg.media_ports)
+        daemons.append(stack.start_rtpengine(cfg, ng[1], tmp_path / "rtpengine-1.log",
+                                             ports=relstack.media_range(6), name="rtpengine-1"))
+        g = stack.start_gateway(tmp_path, env)      # Redis, the first rtpengine, Kamailio
+        daemons += g.daemons()
+        gw2 = Stack(**vars(g), pbx=cfg.pbx, media_ports=cfg.media_ports)
         pbx = RtpPbx(cfg.pbx.host, cfg.pbx.port, MediaPlan(freq=PBX_TONE))
         held: dict[str, list[int]] = {}
 
@@ -244,4 +241,4 @@ def test_several_rtpengines_figures_from_the_one_holding_the_call(tmp_path):
         loop.close()
         if pbx is not None:
             pbx.close()
-        relstack.stop_all(daemons)
+        stack.stop_all(daemons)
