@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 
 import pytest
@@ -30,6 +31,7 @@ from support.media_calls import PBX_TONE, Scenario, run_all
 from support.rtp_pbx import MediaPlan, RtpPbx
 from support.webrtc_phone import LoopThread
 from support.wsphone import WsPhone, webrtc_sdp
+from test_gwctl import gwctl, stack_env
 from test_ops_metrics import Scrape, decision_lines
 
 pytestmark = pytest.mark.slow
@@ -40,11 +42,23 @@ LOSS = 0.10
 FAMILIES = ("gateway_call_mos", "gateway_call_packet_loss_ratio", "gateway_call_jitter_seconds")
 
 
-def scenarios() -> list[Scenario]:
+def live_gwctl(gw):
+    """A script: while the call is up, what `gwctl calls` and `gwctl call` show."""
+    async def script(sc: Scenario) -> None:
+        await asyncio.sleep(TALK - 3)
+        cid = sc.call.call_id
+        runs = [("calls", "--json"), ("calls",), ("call", cid, "--json"), ("call", cid),
+                ("call", "no-such-call")]
+        sc.notes["gwctl"] = {" ".join(a): await asyncio.to_thread(gwctl, stack_env(gw), *a) for a in runs}
+        await asyncio.sleep(3)
+    return script
+
+
+def scenarios(gw) -> list[Scenario]:
     lossy = lambda: MediaPlan(freq=PBX_TONE, drop_ratio=LOSS)  # noqa: E731
     return [
         Scenario("clean", "phone->pbx", "4651", MediaPlan(freq=PBX_TONE), talk=TALK, hangup="phone"),
-        Scenario("lossy, phone->pbx", "phone->pbx", "4652", lossy(), talk=TALK),
+        Scenario("lossy, phone->pbx", "phone->pbx", "4652", lossy(), script=live_gwctl(gw)),
         Scenario("lossy, pbx->phone", "pbx->phone", "4653", lossy(), talk=TALK, hangup="phone"),
     ]
 
@@ -84,7 +98,7 @@ def calls(gw):
     OUT.mkdir(parents=True, exist_ok=True)
     pbx = RtpPbx(gw.pbx.host, gw.pbx.port, MediaPlan(freq=PBX_TONE))
     loop = LoopThread()
-    items = scenarios()
+    items = scenarios(gw)
     try:
         before = Scrape(gw)
         loop.run(run_all(items, gw, pbx), timeout=120)
@@ -105,9 +119,12 @@ def calls(gw):
                    "pbx_rtcp_sent": sc.leg.ep.rtcp_tx, "pbx_rtcp_received": sc.leg.ep.rtcp_rx}
             for name, sc in zip(lines, items)}
         figures["cancelled"] = {"call_id": cancelled, "line": quality_line(gw, cancelled)}
+        figures["gwctl while the lossy call was up"] = {
+            k: {"rc": v[0], "stdout": v[1], "stderr": v[2]}
+            for k, v in items[1].notes.get("gwctl", {}).items()}
         figures["cancelled after early media"] = {"call_id": early, "line": early_line}
         (OUT / "figures.json").write_text(json.dumps(figures, indent=2) + "\n")
-        yield {"items": {sc.name: sc for sc in items}, "lines": lines, "figures": figures,
+        yield {"gw": gw, "items": {sc.name: sc for sc in items}, "lines": lines, "figures": figures,
                "before": before, "after_calls": after_calls, "after_cancel": after_cancel,
                "cancelled": cancelled}
     finally:
@@ -242,3 +259,42 @@ def test_several_rtpengines_figures_from_the_one_holding_the_call(tmp_path):
         if pbx is not None:
             pbx.close()
         stack.stop_all(daemons)
+
+
+# ------------------------------------------------------------------- gwctl
+def test_gwctl_shows_live_loss_jitter_and_mos_per_leg(calls):
+    """While the lossy call is up, `gwctl calls` shows per leg what came from it
+    so far (the PBX leg's loss), and `gwctl call CALL-ID` the call's legs with
+    their addresses, codecs, crypto and figures, from the rtpengine that holds it."""
+    sc = calls["items"]["lossy, phone->pbx"]
+    runs = sc.notes["gwctl"]
+    shown = json.dumps({k: v[1][-3000:] for k, v in runs.items()}, indent=1)
+    rc, out, err = runs["calls --json"]
+    assert rc == 0, shown
+    row = next(c for c in json.loads(out)["calls"] if c["call_id"] == sc.call.call_id)
+    phone, pbx = row["media"]["legs"]
+    assert (phone["side"], pbx["side"]) == ("phone", "pbx"), shown
+    assert abs(pbx["loss"] - LOSS) <= 0.03 and phone["loss"] < 0.01, shown
+    assert pbx["mos"] < phone["mos"] and pbx["jitter_ms"] is not None, shown
+    rc, out, err = runs["calls"]
+    ours = next((line for line in out.splitlines() if line.startswith(sc.call.call_id)), "")
+    text_loss = re.search(r"\| pbx 127\.0\.0\.1:\d+ \d+p loss (\d+)%", ours)
+    assert rc == 0 and text_loss and abs(int(text_loss.group(1)) / 100 - LOSS) <= 0.03, shown
+
+    rc, out, err = runs[f"call {sc.call.call_id} --json"]
+    assert rc == 0, shown
+    report = json.loads(out)
+    assert report["engine"] == f"udp:{sc_engine(calls)}" and report["dialog"]["state"] == "confirmed", shown
+    phone, pbx = report["legs"]
+    assert phone["protocol"] == "UDP/TLS/RTP/SAVPF" and phone["crypto"] and phone["peer"].startswith("127.0.0.2:")
+    assert pbx["protocol"] == "RTP/AVP" and pbx["codec"] == "PCMU/8000"
+    assert pbx["peer"] == f"127.0.0.1:{sc.leg.ep.port}", shown
+    assert abs(pbx["loss"] - LOSS) <= 0.03 and pbx["reports"] >= 2 and report["mos"] == pbx["mos"], shown
+    rc, out, err = runs[f"call {sc.call.call_id}"]
+    assert rc == 0 and "WHAT CAME FROM IT" in out and "MOS" in out and "UDP/TLS/RTP/SAVPF" in out, shown
+    rc, out, err = runs["call no-such-call"]
+    assert rc == 1 and "no rtpengine in GW_RTPENGINE" in err and "no-such-call" in err, shown
+
+
+def sc_engine(calls) -> str:
+    return str(calls["gw"].cfg.rtpengines[0])

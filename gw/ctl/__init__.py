@@ -1,7 +1,9 @@
 """gwctl: the on-call engineer's view of a running gateway.
 
     gwctl registrations        agents registered (Redis gw:reg:*)
-    gwctl calls                live calls: Kamailio dialogs joined with rtpengine sessions
+    gwctl calls                live calls: Kamailio dialogs joined with rtpengine sessions,
+                               per leg packets, loss, jitter and MOS so far
+    gwctl call CALL-ID         one call's legs, addresses, codecs and quality figures
     gwctl ws                   WebSocket connections (Kamailio websocket module), with their agent
     gwctl doctor               check every dependency and the usual faults; exit 1 if one fails
     gwctl bans                 sources banned after failed authentications (gw/ctl/bans.py)
@@ -24,7 +26,7 @@ phone receives) must be one the phones can reach:
 Stdlib, redis and kemi's pure modules only. Never import kemi.metrics here: it
 empties the Prometheus multiprocess directory on import.
 
-Layout: a module per command (registrations.py, calls.py, ws.py, bans.py and the
+Layout: a module per command (registrations.py, calls.py, call.py, ws.py, bans.py and the
 doctor/ package, a module per check), kamailio.py (kamcmd and its printout),
 output.py (text output), common.py (what they share).
 """
@@ -44,7 +46,8 @@ from kemi import settings as settings_mod
 
 # The commands, in --help order: each module has HELP and command(cfg, kam, args, env).
 COMMANDS = {name: importlib.import_module(f"gw.ctl.{module}")
-            for name, module in (("registrations", "registrations"), ("calls", "calls"), ("ws", "ws"),
+            for name, module in (("registrations", "registrations"), ("calls", "calls"), ("call", "call"),
+                                 ("ws", "ws"),
                                  ("bans", "bans"), ("unban", "bans"), ("doctor", "doctor"))}
 
 # Everything the one-file gwctl offered as gw.ctl.<name>, for the tests and other code.
@@ -79,8 +82,10 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in ("registrations", "calls", "ws"):
+    for name in ("registrations", "calls"):
         sub.add_parser(name, parents=[common], help=COMMANDS[name].HELP)
+    COMMANDS["call"].add_parser(sub, common)
+    sub.add_parser("ws", parents=[common], help=COMMANDS["ws"].HELP)
     COMMANDS["bans"].add_parsers(sub, common)
     doc = __doc__ or ""           # (python -OO drops docstrings)
     rule = doc[doc.find("doctor's reachability rule"):doc.find("Stdlib, redis")].strip() if doc else ""

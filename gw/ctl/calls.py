@@ -1,5 +1,6 @@
 """gwctl calls: live calls, Kamailio's dialogs (dlg.list) joined with rtpengine's
-sessions (every GW_RTPENGINE), and sessions no dialog here owns."""
+sessions (every GW_RTPENGINE), and sessions no dialog here owns; per leg the
+packets, loss, jitter and MOS so far (kemi/quality.py reads rtpengine's query)."""
 from __future__ import annotations
 
 import argparse
@@ -10,29 +11,30 @@ from gw import cnfilter
 from gw.ctl.common import DOCTOR_PREFIX, GwctlError
 from gw.ctl.kamailio import Kamailio
 from gw.ctl.output import age, media_text, print_json, table
+from kemi import quality
 from kemi.ng import NgClient, NgError
 from kemi.settings import Settings
 
-HELP = "live calls (Kamailio dialogs + rtpengine sessions)"
+HELP = "live calls (Kamailio dialogs + rtpengine sessions; per leg loss, jitter, MOS)"
 DLG_STATES = {"1": "unconfirmed", "2": "early", "3": "answered", "4": "confirmed", "5": "ended"}
 
 
-def _leg(tag: dict) -> dict:
-    medias = tag.get("medias") or []
-    first = medias[0] if medias else {}
-    streams = first.get("streams") or []
-    rtp = streams[0] if streams else {}
-    endpoint = rtp.get("endpoint") or {}
-    protocol = first.get("protocol", "")
+def leg_row(leg: quality.Leg, came: quality.Figures) -> dict:
+    """One leg as gwctl shows it, with the figures of what came from it (as the
+    other end reported it over RTCP; None where rtpengine measured nothing)."""
     return {
-        "tag": tag.get("tag", ""),
-        "side": "phone" if "SAVP" in protocol else "pbx" if protocol else "?",
-        "protocol": protocol,
-        "peer": f"{endpoint['address']}:{endpoint['port']}" if endpoint.get("address") else "",
-        "local": f"{rtp.get('local address', '')}:{rtp.get('local port', '')}",
-        "packets": sum(int((s.get("stats") or {}).get("packets", 0)) for m in medias
-                       for s in (m.get("streams") or [])),
+        "tag": leg.tag, "side": leg.side, "protocol": leg.protocol, "codec": leg.codec,
+        "peer": leg.peer, "local": leg.local, "packets": leg.packets,
+        "loss": came.loss, "jitter_ms": came.jitter_ms, "mos": came.mos,
     }
+
+
+def session(q: dict, engine: str) -> dict:
+    """An rtpengine query reply as gwctl calls shows it."""
+    call = quality.parse(q)
+    legs = [leg_row(leg, call.figures(leg.side)) for leg in call.legs]
+    return {"engine": engine, "created": q.get("created"), "mos": call.mos,
+            "legs": sorted(legs, key=lambda leg: leg["side"] != "phone")}
 
 
 def media_sessions(cfg: Settings) -> tuple[dict[str, dict], list[str]]:
@@ -53,14 +55,26 @@ def media_sessions(cfg: Settings) -> tuple[dict[str, dict], list[str]]:
                 q = ng.query(cid)
             except (NgError, OSError):
                 continue          # ended meanwhile
-            legs = [_leg(t) for t in (q.get("tags") or {}).values() if isinstance(t, dict)]
-            sessions[cid] = {"engine": f"udp:{engine}", "created": q.get("created"),
-                             "legs": sorted(legs, key=lambda leg: leg["side"] != "phone")}
+            sessions[cid] = session(q, f"udp:{engine}")
     return sessions, errors
 
 
 def dialogs(kam: Kamailio) -> list[dict]:
     return [d for d in kam.rpc("dlg.list") if isinstance(d, dict)]
+
+
+def dialog_row(cfg: Settings, d: dict, now: float) -> dict:
+    """One of Kamailio's dialogs (dlg.list) as gwctl shows it."""
+    caller = d.get("caller") if isinstance(d.get("caller"), dict) else {}
+    start = int(d.get("start_ts") or 0) or int(d.get("init_ts") or 0)
+    return {
+        "call_id": d.get("call-id", ""),
+        "direction": "outbound" if str(caller.get("socket", "")).endswith(str(cfg.ws_listen)) else "inbound",
+        "state": DLG_STATES.get(str(d.get("state")), str(d.get("state"))),
+        "from": d.get("from_uri", ""),
+        "to": d.get("to_uri", ""),
+        "age_s": int(now - start) if start else None,
+    }
 
 
 def live_calls(cfg: Settings, kam: Kamailio) -> dict:
@@ -73,23 +87,11 @@ def live_calls(cfg: Settings, kam: Kamailio) -> dict:
     now = time.time()
     rows = []
     seen = set()
-    ws = str(cfg.ws_listen)
     for d in dlgs:
         cid = d.get("call-id", "")
         seen.add(cid)
-        caller = d.get("caller") if isinstance(d.get("caller"), dict) else {}
-        start = int(d.get("start_ts") or 0) or int(d.get("init_ts") or 0)
-        row = {
-            "call_id": cid,
-            "direction": "outbound" if str(caller.get("socket", "")).endswith(ws) else "inbound",
-            "state": DLG_STATES.get(str(d.get("state")), str(d.get("state"))),
-            "from": d.get("from_uri", ""),
-            "to": d.get("to_uri", ""),
-            "age_s": int(now - start) if start else None,
-            "media": sessions.get(cid),
-            "note": "" if cid in sessions else "no rtpengine session",
-        }
-        rows.append(row)
+        rows.append({**dialog_row(cfg, d, now), "media": sessions.get(cid),
+                     "note": "" if cid in sessions else "no rtpengine session"})
     for cid, sess in sessions.items():
         if cid in seen:
             continue

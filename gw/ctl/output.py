@@ -25,10 +25,24 @@ def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
 
 
+def figures_text(leg: dict) -> str:
+    """What came from a leg so far: only what rtpengine measured."""
+    parts = []
+    if leg.get("loss") is not None:
+        parts.append(f"loss {leg['loss'] * 100:.0f}%")
+    if leg.get("jitter_ms") is not None:
+        parts.append(f"jitter {leg['jitter_ms']:.0f}ms")
+    if leg.get("mos") is not None:
+        parts.append(f"MOS {leg['mos']:.1f}")
+    return " ".join(parts)
+
+
 def media_text(sess: Optional[dict]) -> str:
     if not sess:
         return "-"
-    return " | ".join(f"{leg['side']} {leg['peer'] or '?'} {leg['packets']}p" for leg in sess["legs"])
+    return " | ".join(" ".join(filter(None, (leg["side"], leg["peer"] or "?", f"{leg['packets']}p",
+                                             figures_text(leg))))
+                      for leg in sess["legs"])
 
 
 def print_checks(checks: list[dict]) -> None:

@@ -145,3 +145,85 @@ def test_gwctl_never_imports_kemi_metrics():
         source = path.read_text()
         assert "kemi.metrics" not in source.replace("Never import kemi.metrics", ""), path
         assert "import metrics" not in source and "metrics," not in source, path
+
+
+# ------------------------------------------------------------ calls / call
+QUALITY_DATA = Path(__file__).resolve().parents[1] / "data" / "rtpengine"
+
+
+def _reply(name: str) -> dict:
+    import json
+    return json.loads((QUALITY_DATA / f"query_{name}.json").read_text())
+
+
+def test_calls_session_shows_live_figures_per_leg():
+    from gw.ctl.calls import session
+    from gw.ctl.output import media_text
+    sess = session(_reply("lossy_pbx_leg_phone_to_pbx"), "udp:192.0.2.10:2223")
+    phone, pbx = sess["legs"]
+    assert (phone["side"], pbx["side"]) == ("phone", "pbx")
+    assert phone["protocol"] == "UDP/TLS/RTP/SAVPF" and pbx["codec"] == "PCMU/8000"
+    assert pbx["loss"] == pytest.approx(0.09) and phone["loss"] == 0.0
+    assert pbx["mos"] < phone["mos"] and sess["mos"] == pbx["mos"]
+    text = media_text(sess)
+    assert text.startswith("phone 203.0.113.50:") and "| pbx 198.51.100.20:" in text
+    assert "loss 9%" in text and "MOS 3.5" in text
+    # no RTCP from the PBX: packets only, no figure made up
+    quiet = session(_reply("pbx_without_rtcp"), "udp:192.0.2.10:2223")
+    assert all(leg["loss"] is None and leg["mos"] is None for leg in quiet["legs"])
+    assert "loss" not in media_text(quiet) and "MOS" not in media_text(quiet)
+
+
+class _Kam:
+    def __init__(self, dlgs: list[dict]) -> None:
+        self.dlgs = dlgs
+
+    def rpc(self, *command: str) -> list:
+        assert command == ("dlg.list",)
+        return self.dlgs
+
+
+def _fake_engine(reply_for) -> tuple[settings_mod.HostPort, "object"]:
+    """A UDP ng responder answering query with reply_for(call_id)."""
+    import socket
+    import threading
+    import bencode
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+
+    def serve():
+        try:
+            while True:
+                data, addr = sock.recvfrom(65535)
+                cookie, _, body = data.partition(b" ")
+                cid = bencode.decode(body)["call-id"]
+                cid = cid.decode() if isinstance(cid, bytes) else cid
+                sock.sendto(cookie + b" " + bencode.encode(reply_for(cid)), addr)
+        except OSError:
+            return
+    threading.Thread(target=serve, daemon=True).start()
+    return settings_mod.HostPort("127.0.0.1", sock.getsockname()[1]), sock
+
+
+def test_call_found_on_the_engine_that_holds_it():
+    from gw.ctl.call import call_report
+    held = _reply("lossy_pbx_leg_pbx_to_phone")
+    a, sock_a = _fake_engine(lambda cid: {"result": "error", "error-reason": "Unknown call-id"})
+    b, sock_b = _fake_engine(lambda cid: held if cid == "c1" else
+                             {"result": "error", "error-reason": "Unknown call-id"})
+    try:
+        cfg = settings_mod.load({"GW_RTPENGINE": f"udp:{a} udp:{b}"})
+        dlg = {"call-id": "c1", "state": "4", "from_uri": "sip:pbx@pbx.test", "to_uri": "sip:4683@gw",
+               "start_ts": "1795904485", "caller": {"socket": "udp:127.0.0.1:5070"}}
+        r = call_report(cfg, _Kam([dlg]), "c1")
+        assert r["engine"] == f"udp:{b}" and r["errors"] == []
+        assert r["dialog"]["direction"] == "inbound" and r["dialog"]["state"] == "confirmed"
+        phone, pbx = r["legs"]
+        assert phone["crypto"] and phone["peer"].startswith("203.0.113.50:") and pbx["crypto"] == ""
+        assert pbx["loss"] == pytest.approx(0.09) and pbx["reports"] > 0 and r["mos"] == pbx["mos"]
+        missing = call_report(cfg, _Kam([]), "nobody")
+        assert missing["engine"] is None and missing["errors"] == [] and "legs" not in missing
+    finally:
+        sock_a.close()
+        sock_b.close()
