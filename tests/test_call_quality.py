@@ -10,7 +10,9 @@ each call's end the gateway logs one `event=call.quality` line with what
 rtpengine measured and observes the gateway_call_* histograms once. A call
 cancelled before it was answered carries no media: no line, no observation;
 one cancelled after early media gets a line with only what was measured.
-The figures are written to tests/_artifacts/quality/figures.json.
+While the lossy call is up, `gwctl calls` and `gwctl call CALL-ID` show its
+live figures. With two rtpengines, each call's figures come from the one that
+holds it. The figures are written to tests/_artifacts/quality/figures.json.
 """
 from __future__ import annotations
 
