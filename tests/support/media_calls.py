@@ -17,6 +17,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
+from gw.ctl.call import find
+from kemi import settings as settings_mod
 from support.rtp_pbx import MediaPlan, PbxLeg, RtpPbx
 from support.rtpaudio import Flow, flow
 from support.waits import wait_until
@@ -120,7 +122,9 @@ async def _run(sc: Scenario, stack: Any, pbx: RtpPbx) -> None:
         await asyncio.sleep(sc.talk)
     # How rtpengine relays this call, after media (the PBX's CN included) flowed:
     # its per-media flags say "transcoding" when a codec handler transcodes.
-    sc.notes["rtpengine_query"] = await asyncio.to_thread(stack.ng().query, sc.call.call_id)
+    # (from whichever GW_RTPENGINE holds the call, as gwctl call finds it)
+    engines = settings_mod.load(stack.env)
+    sc.notes["rtpengine_query"] = (await asyncio.to_thread(find, engines, sc.call.call_id))[1]
     bye_at = sc.mark("bye")
     sc.notes["dtls_state_at_bye"] = sc.call.media.dtls_state()
     sc.notes["failures_before_bye"] = [(round(t - sc.marks["connected"], 3), k, s)
