@@ -619,8 +619,15 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
     def ksr_failure_manage(self, msg: object) -> int:
         """Why: a dark PBX, or one answering 5xx, hands over to the next (pbxroute.py); a call
         that failed for good, was cancelled or timed out leaves no session in rtpengine."""
-        if not self._pbx_failover():
-            self._media_delete("failure")
+        if self._pbx_failover():
+            return 1
+        status = KSR.tm.t_get_status_code()
+        if KSR.siputils.has_totag() > 0 and status not in media.DIALOG_ENDING:
+            # A refused re-INVITE (488, 491 glare...) leaves the call as it was
+            # (RFC 3261 14.1): its media stays; only 408/481 end the dialog.
+            _log("info", "media.kept", method="INVITE", status=status, why="reinvite_failed")
+            return 1
+        self._media_delete("failure")
         return 1
 
     # ------------------------------------------------------------ websocket

@@ -30,6 +30,11 @@ class Op(enum.Enum):
     ANSWER = "answer"
 
 
+# A failed re-INVITE keeps the session it tried to change, except these final
+# statuses, after which the dialog is over (RFC 3261 12.2.1.2) and so is its media.
+DIALOG_ENDING = frozenset({408, 481})
+
+
 class CnBlock(enum.Enum):
     """How comfort noise (RTP payload type 13) is kept from the phones.
 
