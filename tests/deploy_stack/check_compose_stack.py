@@ -316,7 +316,9 @@ def test_prometheus_scrapes_gateway_metrics(deployed):
     calls = _prometheus("/api/v1/query", query="sum(gateway_calls_total)")["result"]
     assert calls and float(calls[0]["value"][1]) >= 2, f"gateway_calls_total in Prometheus: {calls}"
     deps = _prometheus("/api/v1/query", query="gateway_up")["result"]
-    assert {d["metric"]["dependency"]: d["value"][1] for d in deps} == {"redis": "1", "rtpengine": "1"}, deps
+    pbx_dep = f"pbx {deployed.env['GW_PBX']}"
+    assert {d["metric"]["dependency"]: d["value"][1] for d in deps} == {
+        "redis": "1", "rtpengine": "1", pbx_dep: "1"}, deps
     FIGURES["prometheus_gateway_calls_total"] = calls[0]["value"][1]
 
 

@@ -303,6 +303,11 @@ class GatewayView:
     rtpengine: HostPort
     phone_class: type = WebRtcPhone
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The GW_* settings media_calls reads (which rtpengine holds a call)."""
+        return {"GW_RTPENGINE": f"udp:{self.rtpengine}"}
+
     def ng(self) -> NgClient:
         # Patient: a shared 2-core box under load answers late, and this is the test side.
         return NgClient(self.rtpengine.host, self.rtpengine.port, 3.0)
