@@ -163,9 +163,12 @@ def start_rtpengine(base: Path, media_ports: tuple[int, int]) -> tuple[stack.Dae
 
 
 def start(variant: str, base: Path, *, children: int, shm_mb: int, log_level: str,
-          rtpengine: stack.Daemon, ng: HostPort, media_ports: tuple[int, int]) -> BenchStack:
+          rtpengine: stack.Daemon, ng: HostPort, media_ports: tuple[int, int],
+          wrapper: Optional[list[str]] = None, ready_s: float = 30,
+          app_py: Optional[Path] = None) -> BenchStack:
     """Start redis-server and Kamailio (KEMI app or native cfg) on free ports, with
-    the shared rtpengine (gw/stack.py's start_gateway)."""
+    the shared rtpengine (gw/stack.py's start_gateway). wrapper: a command Kamailio
+    runs under (bench/icount.py: valgrind); app_py: another KEMI entry file."""
     env = stack.gateway_env(base, media_ports, host=PBX_IP, port=free_ports, rtpengines=[ng], extra={
         "GW_FLOOD_LIMIT": "0",           # one SIPp source sends thousands of REGISTERs
         "GW_LOG_LEVEL": log_level,
@@ -174,19 +177,20 @@ def start(variant: str, base: Path, *, children: int, shm_mb: int, log_level: st
         # (plain-relay flags); these calls carry no media, so no filter is needed.
         "GW_CN_FILTER": "on",
     })
-    argv = _kamailio_argv(variant, settings_mod.load(env), base, children, shm_mb, log_level)
-    g = stack.start_gateway(base, env, rtpengine=rtpengine, kamailio=argv, kamailio_timeout=30)
+    argv = _kamailio_argv(variant, settings_mod.load(env), base, children, shm_mb, log_level, app_py)
+    g = stack.start_gateway(base, env, rtpengine=rtpengine, kamailio=(wrapper or []) + argv,
+                            kamailio_timeout=ready_s)
     return BenchStack(**vars(g), variant=variant, media_ports=media_ports)
 
 
 def _kamailio_argv(variant: str, cfg: settings_mod.Settings, base: Path, children: int, shm_mb: int,
-                   log_level: str) -> list[str]:
+                   log_level: str, app_py: Optional[Path] = None) -> list[str]:
     level = stack.KAMAILIO_LEVELS[log_level]
     if variant == "kemi":
         argv = stack.kamailio_argv(cfg, base, children=children, log_level=level)
         patches = os.environ.get("BENCH_KEMI_PATCHES", "").split()
-        if patches:
-            app = _patched_app(base / "patched", patches)
+        app = _patched_app(base / "patched", patches) if patches else app_py
+        if app is not None:
             argv = [f'APP_PY="{app}"' if a.startswith("APP_PY=") else a for a in argv]
     elif variant == "native":
         argv = _argv_native(cfg, base, children, level, cfg.flood_limit)
