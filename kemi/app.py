@@ -66,7 +66,7 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
     if retry_after is not None:
         KSR.hdr.append_to_reply(f"Retry-After: {retry_after}\r\n")
     KSR.sl.sl_send_reply(code, reason)
-    metrics.count_reply(code)
+    KSR.statistics.update_stat(metrics.reply_stat(code), 1)
     _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
 
@@ -116,7 +116,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         self.limits = authguard.Limits.from_settings(cfg)
         self.ws_proxies = set(cfg.ws_proxies)
         self.live = metrics.LiveCollector(lambda: health.registrations(self.store),
-                                          lambda: health.rtpengine_stats(self.engines))
+                                          lambda: health.rtpengine_stats(self.engines),
+                                          kamailio_stats=wsguard.kamailio_statistics)
         self._init_guard(cfg)
         self.cn = media.CnBlock.FILTER if cfg.cn_filter == "on" else media.CnBlock.TRANSCODE
         self._init_pbx(cfg)
@@ -135,7 +136,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             return 1
 
     def _request_route(self) -> int:
-        metrics.count_request(KSR.kx.get_method())
+        if KSR.kx.get_method() == "OPTIONS":   # the core counts every other method (kemi/metrics.py)
+            KSR.statistics.update_stat(metrics.OPTIONS_STAT, 1)
         self._sip_seen()  # kemi/wsguard.py: the connection sent SIP
         if self.REQINIT():
             return 1
@@ -537,7 +539,6 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         the request's sender; a 2xx to REGISTER becomes the binding in Redis."""
         status = KSR.kx.get_status()
         method = _pv("$rm")
-        metrics.count_reply(status)
         if status >= 200 and KSR.isflagset(FL_AUTH_TRACK):
             self._auth_reply(status, method)
         if method == "REGISTER":
@@ -566,9 +567,11 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         if not t0:
             return
         KSR.pv.unset(AVP_INVITE_T0)
-        metrics.CALL_SETUP.observe(max(time.time() - float(t0), 0.0))
+        setup = max(time.time() - float(t0), 0.0)
         direction = "outbound" if KSR.isflagset(FL_FROM_WS) else "inbound"
-        metrics.CALLS.labels(direction).inc()
+        KSR.statistics.update_stat(metrics.CALL_STATS[direction], 1)
+        KSR.statistics.update_stat(metrics.setup_stat(setup), 1)
+        KSR.statistics.update_stat(metrics.SETUP_SUM_STAT, int(setup * 1e6))
 
     def _register_reply(self, status: int) -> None:
         draft_json = _pv(AVP_BINDING)
@@ -634,6 +637,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
     def ksr_xhttp_event(self, msg: object, evname: str = "") -> int:
         """Why: the WebSocket port also answers plain HTTP; upgrades become SIP
         WebSockets only for allowed origins."""
+        KSR.statistics.update_stat(metrics.HTTP_STAT, 1)   # not SIP: kemi/metrics.py
         if "websocket" in _pv("$hdr(Upgrade)").lower():
             origin = _pv("$hdr(Origin)")
             if self.cfg.ws_origins and origin not in self.cfg.ws_origins:

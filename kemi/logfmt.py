@@ -4,25 +4,28 @@ One line per decision, greppable and machine-parsable, always carrying the Call-
 """
 from __future__ import annotations
 
-import re
 from typing import Any
 
 
-_NEEDS_QUOTES = re.compile(r'[ "=\r\n\t]')
+def _plain(text: str) -> bool:
+    """Safe without quotes? (Six substring tests cost less than one regex search.)"""
+    return bool(text) and not (" " in text or "=" in text or '"' in text or "\n" in text or "\r" in text
+                               or "\t" in text)
 
 
-def _value(value: Any) -> str:
-    text = str(value)
-    if text == "" or _NEEDS_QUOTES.search(text):
-        text = '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n") + '"'
-    return text
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\r", "\\r").replace("\n", "\\n") + '"'
 
 
 def line(event: str, **fields: Any) -> str:
-    """Format one log line; None-valued fields are left out."""
-    parts = [f"event={event}"]
-    parts.extend(f"{k}={_value(v)}" for k, v in fields.items() if v is not None)
-    return " ".join(parts)
+    """Format one log line; None-valued fields are left out. (Written for speed:
+    the gateway logs every routing decision, several per call.)"""
+    out = "event=" + event
+    for k, v in fields.items():
+        if v is not None:
+            text = v if type(v) is str else str(v)
+            out += f" {k}={text if _plain(text) else _quoted(text)}"
+    return out
 
 
 def parse(text: str) -> dict[str, str]:

@@ -1,13 +1,23 @@
-"""Prometheus metrics for a forking server (prometheus_client multiprocess mode).
+"""Prometheus metrics for a forking server.
 
-Kamailio forks its SIP and TCP workers from the process that imports the app,
-so each worker writes its own mmap files under PROMETHEUS_MULTIPROC_DIR and a
-scrape (served by whichever worker gets the HTTP request) sums them. What lives
-in Redis or rtpengine is read at scrape time instead of being counted.
+Per-message counts are Kamailio's own statistics, read at scrape time: its core
+counts every request received by method and every reply received by class
+(kex), the sl module every reply the app sends statelessly by code, and the
+statistics module the answered calls and their setup times (kamailio.cfg
+declares the variables, the app updates them once per answered call). Nothing
+is counted in Python on the way of a message (issue 14: prometheus_client on
+every message was as much CPU as the routing itself).
+
+The rarer counters (failures, errors, refusals) stay in prometheus_client's
+multiprocess mode: Kamailio forks its SIP and TCP workers from the process that
+imports the app, so each worker writes its own mmap files under
+PROMETHEUS_MULTIPROC_DIR and a scrape (served by whichever worker gets the HTTP
+request) sums them. What lives in Redis or rtpengine is read at scrape time too.
 No Kamailio import here.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import tempfile
@@ -41,15 +51,12 @@ def prepare_dir(path: Optional[str] = None) -> str:
 # below) picks multiprocess mode from the environment.
 prepare_dir()
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, generate_latest  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,  # noqa: E402
+                                    HistogramMetricFamily)
+from prometheus_client.utils import floatToGoString  # noqa: E402
 
-SIP_REQUESTS = Counter("gateway_sip_requests", "SIP requests received, by method", ["method"])
-SIP_REPLIES = Counter("gateway_sip_replies", "SIP replies sent or relayed, by class", ["code_class"])
-CALLS = Counter("gateway_calls", "Calls answered (2xx to an initial INVITE)", ["direction"])
-CALL_SETUP = Histogram("gateway_call_setup_seconds", "INVITE to 200 OK",
-                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60))
 REGISTER_FAILURES = Counter("gateway_register_failures", "REGISTERs that did not end in a binding",
                             ["reason"])
 REDIS_ERRORS = Counter("gateway_redis_errors", "Redis operations that failed")
@@ -85,8 +92,9 @@ CALL_JITTER = Histogram("gateway_call_jitter_seconds",
                         ["leg"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1,
                                           0.2, 0.5))
 
-METHODS = {"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
-           "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH"}
+METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "NOTIFY", "SUBSCRIBE",
+           "REFER", "INFO", "UPDATE", "PRACK", "MESSAGE", "PUBLISH")
+CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "6xx")   # reply classes; the rest: "other"
 
 
 def method_label(method: str) -> str:
@@ -98,25 +106,94 @@ def code_class(code: int) -> str:
     return f"{code // 100}xx" if 100 <= code < 700 else "other"
 
 
-# Per-message counters: the labelled children, looked up once per worker
-# (labels() validates, builds a key and takes a lock on every call).
-_REQUEST_CHILDREN: dict = {}
-_REPLY_CHILDREN: dict = {}
+# ------------------------------------------------- counted by Kamailio itself
+# Kamailio's core counts every request it hands to the routing (kex
+# core:rcv_requests_<method>) and every reply it receives (core:rcv_replies_<class>)
+# before the app sees them. The app counts in statistics variables only what the
+# core cannot tell apart: OPTIONS, because every run of a timer route (rtimer:
+# the connection sweep, once a second) is a faked OPTIONS to the core; HTTP
+# requests on the WebSocket port (in core:rcv_requests, not SIP); and its own
+# stateless replies (the sl module's counters also count HTTP replies). The
+# statistics module's variables (kamailio.cfg declares each, in its group
+# "script"): those, answered calls by direction, and the setup-time histogram
+# as one counter per bucket (not cumulative; the last one past the largest
+# bound) with the sum in microseconds.
+OPTIONS_STAT = "gw_requests_options"
+HTTP_STAT = "gw_http_requests"
+REPLY_STATS = {c: f"gw_replies_{c}" for c in (*CLASSES, "other")}
+SETUP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60)
+CALL_STATS = {"outbound": "gw_calls_outbound", "inbound": "gw_calls_inbound"}
+SETUP_STATS = tuple(f"gw_setup_b{i}" for i in range(len(SETUP_BUCKETS) + 1))
+SETUP_SUM_STAT = "gw_setup_sum_us"
+STAT_VARIABLES = (OPTIONS_STAT, HTTP_STAT, *REPLY_STATS.values(), *CALL_STATS.values(), *SETUP_STATS,
+                  SETUP_SUM_STAT)
+# What a scrape reads (jsonrpc stats.get_statistics): the core's counters and
+# the variables above.
+STAT_GROUPS = ("core:", "script:")
 
 
-def _inc(children: dict, counter, label: str) -> None:
-    child = children.get(label)
-    if child is None:
-        child = children[label] = counter.labels(label)
-    child.inc()
+def setup_stat(seconds: float) -> str:
+    """The bucket variable a call set up in `seconds` counts in (le: bound included)."""
+    return SETUP_STATS[bisect.bisect_left(SETUP_BUCKETS, seconds)]
 
 
-def count_request(method: str) -> None:
-    _inc(_REQUEST_CHILDREN, SIP_REQUESTS, method_label(method))
+def reply_stat(code: int) -> str:
+    """The variable a stateless reply of the app counts in."""
+    return REPLY_STATS[code_class(code)]
 
 
-def count_reply(code: int) -> None:
-    _inc(_REPLY_CHILDREN, SIP_REPLIES, code_class(code))
+def parse_statistics(result: object) -> dict[str, int]:
+    """jsonrpc stats.get_statistics' result ["group:name = value", ...] as a dict."""
+    out: dict[str, int] = {}
+    for item in result if isinstance(result, list) else ():
+        name, sep, value = str(item).partition(" = ")
+        if sep:
+            try:
+                out[name.strip()] = int(value)
+            except ValueError:
+                continue
+    return out
+
+
+def kamailio_families(stats: dict[str, int]) -> Iterable[object]:
+    """The per-message counters and the call counters, from Kamailio's statistics."""
+    def get(name: str) -> int:
+        return stats.get(name, 0)
+
+    requests = CounterMetricFamily("gateway_sip_requests", "SIP requests received, by method",
+                                   labels=["method"])
+    known = 0
+    for m in METHODS:
+        n = get(f"core:rcv_requests_{m.lower()}")
+        known += n
+        requests.add_metric([m], get(f"script:{OPTIONS_STAT}") if m == "OPTIONS" else n)
+    requests.add_metric(["other"], max(get("core:rcv_requests") - known - get(f"script:{HTTP_STAT}"), 0))
+    yield requests
+
+    replies = CounterMetricFamily("gateway_sip_replies", "SIP replies sent or relayed, by class",
+                                  labels=["code_class"])
+    known = 0
+    for c in CLASSES:
+        received = get(f"core:rcv_replies_{c}")
+        known += received
+        replies.add_metric([c], received + get(f"script:{REPLY_STATS[c]}"))
+    replies.add_metric(["other"], max(get("core:rcv_replies") - known, 0)
+                       + get(f"script:{REPLY_STATS['other']}"))
+    yield replies
+
+    calls = CounterMetricFamily("gateway_calls", "Calls answered (2xx to an initial INVITE)",
+                                labels=["direction"])
+    for direction, var in CALL_STATS.items():
+        calls.add_metric([direction], get(f"script:{var}"))
+    yield calls
+
+    counts = [get(f"script:{v}") for v in SETUP_STATS]
+    cumulative, buckets = 0, []
+    for bound, n in zip((*SETUP_BUCKETS, float("inf")), counts):
+        cumulative += n
+        buckets.append((floatToGoString(bound), cumulative))
+    yield HistogramMetricFamily("gateway_call_setup_seconds", "INVITE to 200 OK", buckets=buckets,
+                                sum_value=get(f"script:{SETUP_SUM_STAT}") / 1e6)
 
 
 def observe_quality(call: "CallQuality") -> None:
@@ -135,13 +212,17 @@ class LiveCollector:
     def __init__(self, registrations: Callable[[], Optional[int]],
                  rtpengine_stats: Callable[[], Optional[dict]],
                  connection_stats: Optional[Callable[[], dict]] = None,
-                 pbx_states: Callable[[], dict[str, bool]] = dict) -> None:
+                 pbx_states: Callable[[], dict[str, bool]] = dict,
+                 kamailio_stats: Optional[Callable[[], dict]] = None) -> None:
         self._registrations = registrations
         self._rtpengine_stats = rtpengine_stats
         self.connection_stats = connection_stats   # set by kemi/wsguard.py
         self.pbx_states = pbx_states               # set by kemi/pbxroute.py
+        self.kamailio_stats = kamailio_stats       # Kamailio's statistics (kemi/wsguard.py)
 
     def collect(self) -> Iterable[object]:
+        if self.kamailio_stats is not None:
+            yield from kamailio_families(self.kamailio_stats())
         up = GaugeMetricFamily("gateway_up", "Dependency answers (1) or not (0)",
                                labels=["dependency"])
         regs = self._registrations()

@@ -22,6 +22,8 @@ LOCKS = "gwlock"           # htable holding no data: its slot lock serialises up
 ADMIT_LOCK = "admit"
 TCP_LIST = '{"jsonrpc": "2.0", "method": "core.tcp_list", "id": 1}'
 SHMMEM = '{"jsonrpc": "2.0", "method": "core.shmmem", "id": 1}'
+STATISTICS = json.dumps({"jsonrpc": "2.0", "method": "stats.get_statistics",
+                         "params": list(metrics.STAT_GROUPS), "id": 1})
 RETRY_AFTER_S = 30
 
 
@@ -38,6 +40,13 @@ def _shmmem() -> dict:
     if KSR.jsonrpcs.exec(SHMMEM) < 0:
         return {}
     return json.loads(str(KSR.jsonrpcs.response() or "{}")).get("result") or {}
+
+
+def kamailio_statistics() -> dict:
+    """Kamailio's own counters for /metrics (kemi/metrics.py kamailio_families)."""
+    if KSR.jsonrpcs.exec(STATISTICS) < 0:
+        return {}
+    return metrics.parse_statistics(json.loads(str(KSR.jsonrpcs.response() or "{}")).get("result"))
 
 
 def _warn(event: str, **fields: object) -> None:
