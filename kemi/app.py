@@ -417,10 +417,11 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                 instance=ours.params.get("+sip.instance", ""),
                 src_ip=src,
             )
-            KSR.pv.sets(AVP_BINDING, draft.to_json())
+            # The record's JSON now; the 2xx only adds expiry and time (bindings.record).
+            KSR.pv.sets(AVP_BINDING, bindings.draft(user, ours.uri, draft.record_parts()))
             KSR.pv.seti(AVP_REQ_EXPIRES, bindings.requested_expiry(ours, _pv("$hdr(Expires)")))
         elif ours is not None:
-            KSR.pv.sets(AVP_BINDING, Binding(user, "*", "", "", 0, self.node).to_json())
+            KSR.pv.sets(AVP_BINDING, bindings.draft(user, "*", ("", "", "")))
             KSR.pv.seti(AVP_REQ_EXPIRES, 0)
         KSR.path.add_path_received()
         self._select_pbx()   # kemi/pbxroute.py
@@ -574,39 +575,36 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         KSR.statistics.update_stat(metrics.SETUP_SUM_STAT, int(setup * 1e6))
 
     def _register_reply(self, status: int) -> None:
-        draft_json = _pv(AVP_BINDING)
-        user = KSR.kx.get_tuser()
         if status < 200:
             return
-        if status >= 300 or not draft_json:
+        text = _pv(AVP_BINDING)
+        if status >= 300 or not text:
             if status not in (401, 407):
                 metrics.REGISTER_FAILURES.labels(str(status) if status >= 300 else "no_contact").inc()
-                _log("info", "registrar.reply", method="REGISTER", user=user, outcome=status)
+                _log("info", "registrar.reply", method="REGISTER", user=KSR.kx.get_tuser(), outcome=status)
             return
-        draft = Binding.from_json(draft_json)
-        requested = int(KSR.pv.get(AVP_REQ_EXPIRES) or 0)
-        if draft.contact == "*":
+        user, contact, parts = bindings.read_draft(text)
+        if contact == "*":
             expires = 0
         else:
-            expires = bindings.granted_expiry(
-                _pv("$(hdr(Contact)[*])"), _pv("$hdr(Expires)"), draft.contact, requested)
+            expires = bindings.granted_expiry(_pv("$(hdr(Contact)[*])"), _pv("$hdr(Expires)"), contact,
+                                              int(KSR.pv.get(AVP_REQ_EXPIRES) or 0))
         if expires > 0:
-            self._turn_header(draft.user, expires)
+            self._turn_header(user, expires)
         try:
             if expires > 0:
-                self.store.put(bindings.finalize(draft, expires))
+                self.store.put_record(user, bindings.record(parts, expires), expires, contact)
             else:
-                current = self.store.get(draft.user)
-                if current is not None and (draft.contact == "*" or current.contact == draft.contact):
-                    self.store.delete(draft.user)
+                current = self.store.get(user)
+                if current is not None and (contact == "*" or current.contact == contact):
+                    self.store.delete(user)
         except StoreError as exc:
             metrics.REDIS_ERRORS.inc()
             metrics.REGISTER_FAILURES.labels("redis_write_failed").inc()
-            _log("err", "registrar.redis_write_failed", method="REGISTER", user=draft.user,
+            _log("err", "registrar.redis_write_failed", method="REGISTER", user=user,
                  outcome="binding_not_saved", error=exc)
             return
-        _log("info", "registrar.saved", method="REGISTER", user=draft.user, expires=expires,
-             outcome=status)
+        _log("info", "registrar.saved", method="REGISTER", user=user, expires=expires, outcome=status)
 
     def _turn_header(self, user: str, expires: int) -> None:
         """Why: TURN credentials only for an agent the PBX has just authenticated,

@@ -1,9 +1,14 @@
 """Redis access for registration bindings, one client per Kamailio worker.
 
-Kamailio forks its workers after loading the app, so the client is created lazily
-on first use inside the worker, never at import time. redis-py reconnects by itself
-on the next command after a failure, which is what lets workers ride out a Redis
-restart without being restarted.
+Kamailio forks its workers after loading the app, so the clients are created
+lazily on first use inside the worker, never at import time. The routing's own
+commands (a binding's GET, the REGISTER/INVITE lookup's MGET, the binding's SET
+and DEL) go through kemi/resp.py, a socket and a parser, because redis-py costs
+more per command than the rest of a message's routing (issue 14); everything
+else (the failure counters' transactions, SCAN, PING, Sentinel's discovery of
+the primary) is redis-py. Both reconnect by themselves on the next command
+after a failure, which is what lets workers ride out a Redis restart or a
+Sentinel failover without being restarted.
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from urllib.parse import unquote, urlparse
 import redis
 import redis.sentinel
 
-from kemi import authguard
+from kemi import authguard, resp
 from kemi.bindings import Binding, key
 from kemi.reconnect import ContactIndex, contact_key, same_phone
 
@@ -25,19 +30,25 @@ class StoreError(RuntimeError):
     """Redis did not answer or refused; callers turn this into 503 + Retry-After."""
 
 
+def _sentinel(url: str) -> tuple["redis.sentinel.Sentinel", str, int]:
+    """redis+sentinel://h1:p1,h2:p2/master/db: the Sentinels, the master's name, the db."""
+    parsed = urlparse(url)
+    hosts = []
+    for item in parsed.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        hosts.append((host, int(port or 26379)))
+    parts = [p for p in parsed.path.split("/") if p]
+    master = parts[0] if parts else "mymaster"
+    db = int(parts[1]) if len(parts) > 1 else 0
+    sentinel = redis.sentinel.Sentinel(hosts, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+    return sentinel, master, db
+
+
 def connect(url: str) -> "redis.Redis":
     """A client for redis://host:port/db or redis+sentinel://h1:p1,h2:p2/master/db."""
     parsed = urlparse(url)
     if parsed.scheme == "redis+sentinel":
-        hosts = []
-        for item in parsed.netloc.rsplit("@", 1)[-1].split(","):
-            host, _, port = item.rpartition(":")
-            hosts.append((host, int(port or 26379)))
-        parts = [p for p in parsed.path.split("/") if p]
-        master = parts[0] if parts else "mymaster"
-        db = int(parts[1]) if len(parts) > 1 else 0
-        sentinel = redis.sentinel.Sentinel(
-            hosts, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
+        sentinel, master, db = _sentinel(url)
         return sentinel.master_for(
             master, db=db, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S,
             password=unquote(parsed.password) if parsed.password else None)
@@ -52,11 +63,35 @@ def _index(raw: Optional[bytes]) -> Optional[ContactIndex]:
         return None  # not ours or damaged: as if absent
 
 
+def fast_connect(url: str) -> resp.Connection:
+    """The hot path's connection to the same server connect() reaches (for
+    Sentinel: the primary the Sentinels name at each connect)."""
+    parsed = urlparse(url)
+    password = unquote(parsed.password) if parsed.password else None
+    if parsed.scheme == "redis+sentinel":
+        sentinel, master, db = _sentinel(url)
+
+        def primary() -> tuple[str, int]:
+            try:
+                return sentinel.discover_master(master)
+            except redis.RedisError as exc:
+                raise resp.RespError(f"sentinel: {exc}") from None
+        return resp.Connection(primary, password=password, db=db, timeout=TIMEOUT_S)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
+    path = parsed.path.strip("/")
+    return resp.Connection(lambda: (host, port), password=password,
+                           username=unquote(parsed.username) if parsed.username else None,
+                           db=int(path) if path.isdigit() else 0, timeout=TIMEOUT_S)
+XX (Redis on the routing's hot path through kemi/resp.py (one socket, RESP2, ~25k instead of ~110k instructions a command; a connection idle across a Redis restart is retried once, READONLY closes it, Sentinel still names the primary at each connect); REGISTER's binding record built once at the request (Binding.record_parts, no asdict) and finished at the 2xx; split_top visits only <, >, quotes and the separator)
+
+
 class BindingStore:
     def __init__(self, url: str) -> None:
         self._url = url
         self._client: Optional[redis.Redis] = None
+        self._fast: Optional[resp.Connection] = None
         self._pid = 0
+        self._fast_pid = 0
 
     def _redis(self) -> "redis.Redis":
         # A client inherited across fork shares sockets with the parent: make our own.
@@ -65,21 +100,30 @@ class BindingStore:
             self._pid = os.getpid()
         return self._client
 
-    def get(self, user: str) -> Optional[Binding]:
+    def _cmd(self, *args: str | bytes | int) -> resp.Reply:
+        """One hot-path command (kemi/resp.py), StoreError when it fails."""
+        if self._fast is None or self._fast_pid != os.getpid():
+            self._fast = fast_connect(self._url)
+            self._fast_pid = os.getpid()
         try:
-            raw = self._redis().get(key(user))
-        except redis.RedisError as exc:
-            raise StoreError(f"redis get {key(user)}: {exc}") from exc
+            return self._fast.command(*args)
+        except resp.RespError as exc:
+            raise StoreError(f"redis {args[0]} {args[1]}: {exc}") from exc
+
+    def _pipeline(self, *commands: tuple) -> None:
+        for command in commands:
+            self._cmd(*command)
+
+    def get(self, user: str) -> Optional[Binding]:
+        raw = self._cmd("GET", key(user))
         return Binding.from_json(raw) if raw else None
 
     def lookup(self, user: str, src_ip: str) -> tuple[Optional[Binding], authguard.Bans]:
         """The user's binding and the bans on (src_ip, user) and src_ip, in one
         round trip (MGET): all the success path pays for the failure limits."""
-        keys = [key(user), *authguard.ban_keys(src_ip, user)]
-        try:
-            raw = self._redis().mget(keys)
-        except redis.RedisError as exc:
-            raise StoreError(f"redis mget {key(user)}: {exc}") from exc
+        raw = self._cmd("MGET", key(user), *authguard.ban_keys(src_ip, user))
+        if not isinstance(raw, list) or len(raw) != 3:
+            raise StoreError(f"redis MGET {key(user)}: unexpected reply {raw!r:.60}")
         return (Binding.from_json(raw[0]) if raw[0] else None), authguard.Bans.parse(raw[1], raw[2])
 
     def auth_failure(self, limits: authguard.Limits, src_ip: str, user: str) -> authguard.Failure:
@@ -90,14 +134,14 @@ class BindingStore:
 
     def put(self, binding: Binding) -> None:
         """The binding, and its Contact's index entry (same TTL) in the same round trip."""
-        ttl = max(binding.expires, 1)
-        try:
-            pipe = self._redis().pipeline(transaction=False)
-            pipe.set(key(binding.user), binding.to_json(), ex=ttl)
-            pipe.set(contact_key(binding.contact), ContactIndex.of(binding).to_json(), ex=ttl)
-            pipe.execute()
-        except redis.RedisError as exc:
-            raise StoreError(f"redis set {key(binding.user)}: {exc}") from exc
+        self.put_record(binding.user, binding.to_json(), binding.expires, binding.contact, binding.instance)
+
+    def put_record(self, user: str, record: str, expires: int, contact: str, instance: str = "") -> None:
+        """A binding record already in JSON (kemi/bindings.py draft) and its Contact's
+        index entry (kemi/reconnect.py), one round trip."""
+        ttl = max(expires, 1)
+        self._pipeline(("SET", key(user), record, "EX", ttl),
+                       ("SET", contact_key(contact), ContactIndex(user, contact, instance).to_json(), "EX", ttl))
 
     def delete(self, user: str) -> None:
         """The binding and the index entry of its Contact."""
