@@ -143,23 +143,24 @@ def sipp_flow(c: Counted, flow: str, n: int, rate: float, work: Path, inf: Path)
 
 
 def ws_flow(c: Counted, conns: int, per_conn: int, work: Path) -> tuple[int, float]:
-    """The storm, counted from the first REGISTER (upgrades are zeroed away)."""
+    """The storm on open connections (bench/regstorm.py), counted from its first
+    REGISTER: the connect phase is zeroed away."""
     s = c.s
-    n = conns * per_conn
+    n = conns * (per_conn + 1)
     uas = sipp.uas(f"ic_{c.variant}_wsreg_uas", "bench_registrar.xml", s.pbx.host, s.pbx.port,
                    stacks.free_ports(s.pbx.host, 4), n, work)
     uas.start()
     time.sleep(0.3)
     marks: dict[str, float] = {}
 
-    def probe() -> dict:
-        if "t0" not in marks:
+    def probe(label: str) -> dict:
+        if label == "storm_start":
             c.zero()
             marks["t0"] = time.monotonic()
         return {}
 
     res = asyncio.run(regstorm.run((s.cfg.ws_listen.host, s.cfg.ws_listen.port), conns, per_conn,
-                                   timeout=60.0, probe=probe))
+                                   timeout=60.0, settle_s=6.0, probe=probe))
     if not uas.wait(5):
         uas.stop()
     return res.ok, time.monotonic() - marks.get("t0", time.monotonic())

@@ -1,8 +1,10 @@
 """A REGISTER storm from many WebSocket connections (issue 14): `conns` phones
-connect and upgrade first, then each sends `per_conn` REGISTERs one after the
-other (a different DN each time: a desk of agents behind one browser tab is
-not what this models, a morning's log-in storm with re-registrations is), all
-connections at once. The PBX side is SIPp's bench_registrar.xml (200 OK at
+connect, upgrade and register first; then each sends `per_conn` REGISTERs one
+after the other (a different DN each time), all connections at once: what a
+node sees when a contact centre's agents log in and re-register together. CPU
+is read per phase: per connection (connect, upgrade, first REGISTER, and the
+connection guard's sweeps that new connections cause) and per REGISTER of the
+storm on open connections. The PBX side is SIPp's bench_registrar.xml (200 OK at
 once, Contact and Path echoed), so the gateway writes every binding to Redis.
 
 Used by `make bench` (bench/run.py, test `wsreg`: Kamailio CPU per REGISTER
@@ -32,12 +34,14 @@ class StormResult:
     conns: int
     per_conn: int
     opened: int = 0                   # upgraded (101)
-    sent: int = 0
-    ok: int = 0                       # REGISTERs answered 2xx
+    first_ok: int = 0                 # connections whose first REGISTER got a 2xx
+    sent: int = 0                     # storm REGISTERs
+    ok: int = 0                       # storm REGISTERs answered 2xx
     failed: dict = field(default_factory=dict)   # status -> count (0: no answer)
-    upgrade_s: float = 0.0
-    storm_s: float = 0.0              # first REGISTER sent to last answer
-    cpu: dict = field(default_factory=dict)      # the probe's figures over the REGISTER phase
+    connect_s: float = 0.0            # connect, upgrade and first REGISTER of all
+    storm_s: float = 0.0              # first storm REGISTER sent to last answer
+    cpu_connect: dict = field(default_factory=dict)   # the probe's deltas over the connect phase
+    cpu: dict = field(default_factory=dict)           # ... over the storm
 
     @property
     def rate(self) -> float:
@@ -45,46 +49,58 @@ class StormResult:
 
 
 def users_for(conns: int, per_conn: int, prefix: str = "8") -> list[list[str]]:
-    """DNs per connection: connection i registers prefix + i*per_conn+j."""
-    return [[f"{prefix}{i * per_conn + j:05d}" for j in range(per_conn)] for i in range(conns)]
+    """DNs per connection: connection i registers prefix + i*(per_conn+1)+j; j = 0
+    is its first REGISTER (the connect phase), the rest the storm."""
+    n = per_conn + 1
+    return [[f"{prefix}{i * n + j:05d}" for j in range(n)] for i in range(conns)]
 
 
 async def run(ws: tuple[str, int], conns: int, per_conn: int, *, per_ip: int = 10,
-              ip_base: tuple[int, int] = (120, 0), timeout: float = 10.0,
-              probe: Optional[Callable[[], dict]] = None,
-              before_storm: Optional[Callable[[], None]] = None) -> StormResult:
-    """Connect `conns` agents (`per_ip` per 127.x source address), then the storm.
-    `probe()` is read just before the first REGISTER and after the last answer
-    (CPU counters); `before_storm()` runs once all are connected."""
+              ip_base: tuple[int, int] = (120, 0), timeout: float = 10.0, settle_s: float = 2.5,
+              probe: Optional[Callable[[str], dict]] = None) -> StormResult:
+    """Phase 1, connect: `conns` agents (`per_ip` per 127.x source address)
+    connect, upgrade and REGISTER once; then `settle_s` for the connection
+    guard's sweep (kemi/conns.py) to see them all. Phase 2, the storm: every
+    connection sends `per_conn` more REGISTERs back to back, all at once.
+    `probe(label)` is read at "connect_start", "connect_end", "storm_start" and
+    "storm_end" (CPU counters); the result holds the deltas of each phase."""
     res = StormResult(conns, per_conn)
     dns = users_for(conns, per_conn)
+    marks: dict[str, dict] = {}
+
+    def mark(label: str) -> None:
+        marks[label] = probe(label) if probe else {}
+
+    async def register(agent: wsfleet.Agent, user: str) -> int:
+        # Another DN is another registration: its own Call-ID (SIPp's registrar
+        # keys its scenarios on it).
+        agent.user, agent.call_id = user, uuid.uuid4().hex[:22]
+        return await agent.register(expires=600, timeout=timeout)
+
+    async def first(i: int) -> wsfleet.Agent:
+        agent = await wsfleet.open_agent(dns[i][0], wsfleet.source_ip(i, per_ip, ip_base), ws, timeout=timeout)
+        if agent.status == 101 and 200 <= await register(agent, dns[i][0]) < 300:
+            res.first_ok += 1
+        return agent
+
+    mark("connect_start")
     t0 = time.monotonic()
-    agents = await asyncio.gather(*(wsfleet.open_agent(dns[i][0], wsfleet.source_ip(i, per_ip, ip_base),
-                                                       ws, timeout=timeout) for i in range(conns)))
-    res.upgrade_s = time.monotonic() - t0
-    live = [(a, dns[i]) for i, a in enumerate(agents) if a.status == 101]
+    agents = await asyncio.gather(*(first(i) for i in range(conns)))
+    res.connect_s = time.monotonic() - t0
+    live = [(a, dns[i][1:]) for i, a in enumerate(agents) if a.status == 101]
     res.opened = len(live)
     try:
-        if before_storm is not None:
-            before_storm()
-        # Let the upgrades' own work (and the connection sweep) finish first.
-        await asyncio.sleep(1.0)
-        p0 = probe() if probe else {}
+        await asyncio.sleep(settle_s)
+        mark("connect_end")
+        mark("storm_start")
         t1 = time.monotonic()
 
-        async def one(agent: wsfleet.Agent, users: list[str]) -> list[int]:
-            out = []
-            for u in users:
-                # Another DN is another registration: its own Call-ID (SIPp's
-                # registrar keys its scenarios on it).
-                agent.user, agent.call_id = u, uuid.uuid4().hex[:22]
-                out.append(await agent.register(expires=600, timeout=timeout))
-            return out
+        async def storm(agent: wsfleet.Agent, users: list[str]) -> list[int]:
+            return [await register(agent, u) for u in users]
 
-        results = await asyncio.gather(*(one(a, us) for a, us in live))
+        results = await asyncio.gather(*(storm(a, us) for a, us in live))
         res.storm_s = time.monotonic() - t1
-        p1 = probe() if probe else {}
-        res.cpu = {k: p1[k] - p0[k] for k in p0}
+        mark("storm_end")
         for statuses in results:
             for st in statuses:
                 res.sent += 1
@@ -95,4 +111,8 @@ async def run(ws: tuple[str, int], conns: int, per_conn: int, *, per_ip: int = 1
     finally:
         wsfleet.close_all(a for a in agents)
         await asyncio.sleep(0.3)
+    for phase, (a, b) in (("cpu_connect", ("connect_start", "connect_end")),
+                          ("cpu", ("storm_start", "storm_end"))):
+        if a in marks and b in marks:
+            setattr(res, phase, {k: marks[b][k] - marks[a][k] for k in marks[a] if k in marks[b]})
     return res
