@@ -120,6 +120,14 @@ def _argv_native(cfg: settings_mod.Settings, run_dir: Path, children: int, log_l
         f'TRUSTED_IP="{cfg.pbx.host}"',
         f'REDIS_SERVER="name=gw;addr={redis.host};port={redis.port};db={db}"',
         f"FLOOD_LIMIT={flood_limit}",
+        # The node's and the failure limits, as the KEMI app reads them from cfg.
+        f"MAX_AGENTS={cfg.max_agents}",
+        f"SHM_RESERVE={cfg.sizing.shm_reserve_bytes}",
+        f"WS_MAX_PER_IP={cfg.ws_max_per_ip}",
+        f"AUTH_DN_LIMIT={cfg.auth_fail_limit}",
+        f"AUTH_IP_LIMIT={cfg.auth_fail_ip_limit}",
+        f"AUTH_WINDOW={cfg.auth_fail_window}",
+        f"AUTH_BAN={cfg.auth_ban}",
     ]
     if flood_limit > 0:
         defines.append("FLOOD_ON")

@@ -26,6 +26,7 @@ that have a live binding from that address.
 """
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -46,8 +47,10 @@ BAN_IP = PREFIX + "banip:"
 SCOPES = ("dn", "ip")
 
 
+@functools.lru_cache(maxsize=16384)
 def norm_ip(ip: str) -> str:
-    """The canonical text of an address; ValueError when it is not one."""
+    """The canonical text of an address; ValueError when it is not one. (Every
+    phone's request asks: remembered for the addresses seen lately.)"""
     return str(ipaddress.ip_address(ip.strip().strip("[]")))
 
 
