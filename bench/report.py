@@ -42,7 +42,8 @@ def _met(ok: Optional[bool]) -> str:
 def summary_rows(res: dict, variants: list[str]) -> list[list[str]]:
     """metric | KEMI | native | KEMI/native | target | met"""
     return (_peak_rows(res, variants) + _latency_rows(res, variants) + _cpu_rows(res)
-            + _media_rows(res) + (media_webrtc.summary_rows(res["webrtc"]) if res.get("webrtc") else []))
+            + _wsreg_rows(res) + _media_rows(res)
+            + (media_webrtc.summary_rows(res["webrtc"]) if res.get("webrtc") else []))
 
 
 def _peak_rows(res: dict, variants: list[str]) -> list[list[str]]:
@@ -61,14 +62,21 @@ def _peak_rows(res: dict, variants: list[str]) -> list[list[str]]:
             return f"< {p.first_fail:.0f}" if p.first_fail else "0"
         return f"{p.rate:,.0f}" + ("" if p.first_fail else "+")
 
-    for test, label, tgt in (("out", "calls/s phone->PBX, highest clean", TARGETS["calls"]),
-                             ("in", "calls/s PBX->phone (Redis lookup), highest clean", TARGETS["calls"]),
-                             ("reg", "REGISTER/s (binding to Redis), highest clean", TARGETS["register"])):
-        if ("out" if test == "out" else test, variants[0]) not in peaks:
+    ratio = TARGETS["rate_ratio"]
+    for test, label in (("out", "calls/s phone->PBX, highest clean"),
+                        ("in", "calls/s PBX->phone (Redis lookup), highest clean"),
+                        ("reg", "REGISTER/s (binding to Redis), highest clean")):
+        if (test, variants[0]) not in peaks:
             continue
         k, n = peak(test, "kemi"), peak(test, "native")
-        rows.append([label, peak_txt(test, "kemi"), peak_txt(test, "native"), _ratio(k, n),
-                     f">= {tgt:,}", _met(None if k is None else k >= tgt)])
+        if test == "reg":
+            tgt, ok = f">= {TARGETS['register']:,}", None if k is None else k >= TARGETS["register"]
+        else:
+            # A rate neither variant failed at is the harness's limit, not theirs.
+            both_capped = bool(peaks.get((test, "kemi")) and not peaks[(test, "kemi")].first_fail)
+            tgt = f"KEMI/native >= {ratio:g}; >= {TARGETS['calls']:,}"
+            ok = None if not k or not n else ((k / n >= ratio or both_capped) and k >= TARGETS["calls"])
+        rows.append([label, peak_txt(test, "kemi"), peak_txt(test, "native"), _ratio(k, n), tgt, _met(ok)])
     return rows
 
 
@@ -118,13 +126,45 @@ def _cpu_rows(res: dict) -> list[list[str]]:
         rate, runs = lat[test]
         k, n = runs.get("kemi"), runs.get("native")
         kt, nt = (k.cpu_us() if k else None), (n.cpu_us() if n else None)
-        rows.append([f"CPU us per {label} @ {rate}/s: total (kamailio + rtpengine + redis)",
-                     _cpu_text(k), _cpu_text(n), _ratio(kt, nt), f"<= {TARGETS['cpu_ratio']}",
-                     _met(None if not kt or not nt else kt / nt <= TARGETS["cpu_ratio"])])
         kk = k.cpu_us("kamailio") if k else None
         nk = n.cpu_us("kamailio") if n else None
-        rows.append([f"CPU us per {label}: Kamailio alone", _fmt(kk), _fmt(nk), _ratio(kk, nk), "", ""])
+        # Issue 14's targets are for calls; a UDP REGISTER is shown for comparison
+        # (its target is the storm over WebSockets, below).
+        total_t = TARGETS["call_total_ratio"] if test != "reg" else None
+        kam_t = TARGETS["call_kam_ratio"] if test != "reg" else None
+        rows.append([f"CPU us per {label} @ {rate}/s: total (kamailio + rtpengine + redis)",
+                     _cpu_text(k), _cpu_text(n), _ratio(kt, nt), f"<= {total_t}" if total_t else "",
+                     _met(None if not kt or not nt else kt / nt <= total_t) if total_t else ""])
+        rows.append([f"CPU us per {label}: Kamailio alone", _fmt(kk), _fmt(nk), _ratio(kk, nk),
+                     f"<= {kam_t}" if kam_t else "",
+                     _met(None if not kk or not nk else kk / nk <= kam_t) if kam_t else ""])
     return rows
+
+
+def _wsreg_rows(res: dict) -> list[list[str]]:
+    """The REGISTER storm over WebSockets (bench/regstorm.py)."""
+    from bench import regstorm  # noqa: PLC0415
+    ws = res.get("wsreg")
+    if not ws:
+        return []
+    k, n = ws["results"].get("kemi"), ws["results"].get("native")
+    label = f"{ws['conns']} WebSockets x {ws['per_conn']} REGISTERs"
+
+    def val(r, fn, comp=None) -> Optional[float]:
+        return fn(r, comp) if r is not None and r.ok else None
+    kr, nr = (k.rate if k else None), (n.rate if n else None)
+    kk, nk = val(k, regstorm.per_unit, "kamailio"), val(n, regstorm.per_unit, "kamailio")
+    kt, nt = val(k, regstorm.per_unit), val(n, regstorm.per_unit)
+    kc, nc = val(k, regstorm.per_conn, "kamailio"), val(n, regstorm.per_conn, "kamailio")
+    t = TARGETS["reg_kam_ratio"]
+    return [
+        [f"REGISTER storm, {label}: REGISTER/s", _fmt(kr), _fmt(nr), _ratio(kr, nr), "", ""],
+        ["CPU us per REGISTER of the storm: total (kamailio + redis)", _fmt(kt), _fmt(nt), _ratio(kt, nt), "", ""],
+        ["CPU us per REGISTER of the storm: Kamailio alone", _fmt(kk), _fmt(nk), _ratio(kk, nk), f"<= {t}",
+         _met(None if not kk or not nk else kk / nk <= t)],
+        ["CPU us per phone connecting (upgrade, first REGISTER, sweep): Kamailio", _fmt(kc), _fmt(nc),
+         _ratio(kc, nc), "", ""],
+    ]
 
 
 def _media_rows(res: dict) -> list[list[str]]:

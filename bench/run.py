@@ -9,10 +9,13 @@ Kamailio cfg, on loopback, in one run. Prints a table and writes bench/RESULTS.m
 4. CPU microseconds per call / per REGISTER in Kamailio, rtpengine, Redis (/proc)
 5. KEMI/native ratios
 6. media: N concurrent relayed G.711 calls, largest N with 0 loss (plain RTP both legs)
-7. connections (bench/connections.py): 10,000 WebSocket agents registering 200
+7. REGISTER storm over WebSockets (bench/regstorm.py, test wsreg): 100 phones
+   connect and register, then send 10 REGISTERs each at once; Kamailio CPU per
+   REGISTER of the storm and per connecting phone, KEMI next to native
+8. connections (bench/connections.py): 10,000 WebSocket agents registering 200
    at a time, Kamailio memory per connected agent, idle CPU with keepalives,
    calls to random agents while all are connected
-8. WebRTC media (bench/media_webrtc.py): ICE + DTLS-SRTP phones, CN from the PBX; the
+9. WebRTC media (bench/media_webrtc.py): ICE + DTLS-SRTP phones, CN from the PBX; the
    CN filter path next to a plain relay, the transcoder fallback and Janus
 
 Settings (environment; BENCH_QUICK=1 for a ~2 minute run, BENCH_SMOKE=1 for the
@@ -24,6 +27,7 @@ few-seconds harness check):
   BENCH_OUT, BENCH_RUN_DIR, BENCH_KEEP, BENCH_PAUSE_S, BENCH_PERF,
   BENCH_KAMAILIO_ARGS (extra Kamailio options, both variants, e.g. "-x tlsf"),
   BENCH_KEMI_PATCHES (diffs applied to a copy of kemi/ for the KEMI variant),
+  BENCH_WSREG (connections x REGISTERs each, "100x10"), BENCH_WSREG_RUNS,
   BENCH_CONN_AGENTS, BENCH_CONN_CONCURRENCY, BENCH_CONN_CALLS,
   BENCH_CONN_CALL_CONCURRENCY, BENCH_CONN_IDLE_S, BENCH_CONN_SETTLE_S,
   BENCH_WEBRTC_CALLS, BENCH_WEBRTC_N, BENCH_WEBRTC_S, BENCH_WEBRTC_ROUNDS, BENCH_WEBRTC_VARIANTS,
@@ -50,7 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import connections, media_webrtc, ramp, rtp, sipp, stacks  # noqa: E402
+from bench import connections, media_webrtc, ramp, regstorm, rtp, sipp, stacks  # noqa: E402
 from bench.measure import idle_rate, machine_info, proc_cpu  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import report  # noqa: E402
@@ -124,6 +128,9 @@ class Bench:
         res["peaks"] = ramp.peaks(self)
         if "lat" in cfg.tests:
             res["lat"] = ramp.half_peak(self, res["peaks"])
+        if "wsreg" in cfg.tests:
+            self.log("=== REGISTER storm over WebSockets (bench/regstorm.py)")
+            res["wsreg"] = regstorm.bench_storms(self)
         if "media" in cfg.tests:
             res["media"] = self.media()
         if "webrtc" in cfg.tests:

@@ -11,7 +11,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FAIL_RATIO = 0.001       # more than 0.1 % failed calls: not clean
 RATE_SLACK = 0.92        # SIPp must have launched the calls at >= 92 % of the asked rate
-TARGETS = {"calls": 1000, "register": 2000, "lat_p99_ms": 5.0, "cpu_ratio": 1.1, "media": 500}
+# Issue 14's targets are KEMI/native ratios measured in the same run: Kamailio CPU per
+# call <= 1.1, total (Kamailio + rtpengine + Redis) per call <= 1.2, Kamailio CPU per
+# REGISTER of a storm over WebSockets <= 1.2, clean call rates >= 0.9 of native's;
+# and REGISTER >= 2,000/s clean. The absolute call rate and latency are issue 8's.
+TARGETS = {"calls": 1000, "register": 2000, "lat_p99_ms": 5.0, "media": 500,
+           "call_kam_ratio": 1.1, "call_total_ratio": 1.2, "reg_kam_ratio": 1.2, "rate_ratio": 0.9}
 
 
 def _env(name: str, full, quick, smoke, cast=float):
@@ -81,8 +86,9 @@ class Config:
             shm_mb=_env("BENCH_SHM_MB", 0, 0, 0, int),
             log_level=_env("BENCH_LOG_LEVEL", "info", "info", "info", str),
             variants=_env("BENCH_VARIANTS", "kemi,native", "kemi,native", "kemi,native", str).split(","),
-            tests=_env("BENCH_TESTS", "out,in,reg,lat,media,webrtc,profile,conn",
-                       "out,in,reg,lat,media,webrtc,profile,conn", "out,in,reg,lat,media,conn", str).split(","),
+            tests=_env("BENCH_TESTS", "out,in,reg,lat,wsreg,media,webrtc,profile,conn",
+                       "out,in,reg,lat,wsreg,media,webrtc,profile,conn", "out,in,reg,lat,wsreg,media,conn",
+                       str).split(","),
             profile=_env("BENCH_PROFILE", "1" if pyspy else "0", "1" if pyspy else "0", "0", str) == "1",
             out=Path(_env("BENCH_OUT", str(ROOT / "bench" / "RESULTS.md"), str(ROOT / "bench" / "RESULTS.md"),
                           str(ROOT / "bench" / "RESULTS.md"), str)),

@@ -200,6 +200,12 @@ def _kamailio_argv(variant: str, cfg: settings_mod.Settings, base: Path, childre
         app = _patched_app(base / "patched", patches) if patches else app_py
         if app is not None:
             argv = [f'APP_PY="{app}"' if a.startswith("APP_PY=") else a for a in argv]
+        if os.environ.get("BENCH_KEMI_CFG"):
+            # An experiment's kamailio.cfg (bench/NOTES.md: ndb_redis from KEMI), given
+            # the stack's Redis as an ndb_redis server definition.
+            argv[argv.index("-f") + 1] = os.environ["BENCH_KEMI_CFG"]
+            redis = stack.redis_addr(cfg.redis_url)
+            argv += ["-A", f'REDIS_SERVER="name=gw;addr={redis.host};port={redis.port};db=0"']
     elif variant == "native":
         argv = _argv_native(cfg, base, children, level, cfg.flood_limit)
     else:
