@@ -123,6 +123,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         self._init_pbx(cfg)
 
     def child_init(self, rank: int) -> int:
+        self.store.forget()
         return 0
 
     # ------------------------------------------------------------------ main

@@ -91,7 +91,6 @@ class BindingStore:
         self._client: Optional[redis.Redis] = None
         self._fast: Optional[resp.Connection] = None
         self._pid = 0
-        self._fast_pid = 0
 
     def _redis(self) -> "redis.Redis":
         # A client inherited across fork shares sockets with the parent: make our own.
@@ -100,11 +99,17 @@ class BindingStore:
             self._pid = os.getpid()
         return self._client
 
+    def forget(self) -> None:
+        """In a newly forked worker (kemi/app.py child_init): connect anew. The hot
+        path does not ask os.getpid() (a system call) before each command: only
+        Kamailio's main process forks, and it never routes, so never connects."""
+        self._fast = None
+        self._client = None
+
     def _cmd(self, *args: str | bytes | int) -> resp.Reply:
         """One hot-path command (kemi/resp.py), StoreError when it fails."""
-        if self._fast is None or self._fast_pid != os.getpid():
+        if self._fast is None:
             self._fast = fast_connect(self._url)
-            self._fast_pid = os.getpid()
         try:
             return self._fast.command(*args)
         except resp.RespError as exc:
