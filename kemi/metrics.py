@@ -51,7 +51,7 @@ def prepare_dir(path: Optional[str] = None) -> str:
 # below) picks multiprocess mode from the environment.
 prepare_dir()
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest  # noqa: E402
 from prometheus_client import multiprocess  # noqa: E402
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,  # noqa: E402
                                     HistogramMetricFamily)

@@ -82,7 +82,6 @@ def fast_connect(url: str) -> resp.Connection:
     return resp.Connection(lambda: (host, port), password=password,
                            username=unquote(parsed.username) if parsed.username else None,
                            db=int(path) if path.isdigit() else 0, timeout=TIMEOUT_S)
-XX (Redis on the routing's hot path through kemi/resp.py (one socket, RESP2, ~25k instead of ~110k instructions a command; a connection idle across a Redis restart is retried once, READONLY closes it, Sentinel still names the primary at each connect); REGISTER's binding record built once at the request (Binding.record_parts, no asdict) and finished at the 2xx; split_top visits only <, >, quotes and the separator)
 
 
 class BindingStore:
