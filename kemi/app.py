@@ -31,6 +31,7 @@ from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.flags import (FL_AUTH_TRACK, FL_FROM_WS, FL_MEDIA, FL_PEER, FL_REQ_SDP,  # noqa: E402
                         FL_TO_PBX, FL_TO_PEER_PHONE)
+from kemi.flags import current as _msg  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
 from kemi.ng import NgClient  # noqa: E402
 from kemi.reroute import Reroute  # noqa: E402
@@ -38,14 +39,14 @@ from kemi.store import BindingStore, StoreError  # noqa: E402
 
 FLOOD_WINDOW = "gwflood"   # htable: REGISTERs per source in the last 10 s (kamailio.cfg)
 FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
-WS_CLIENTS = "gwwsip"      # htable: WebSocket conid -> the phone's address behind a proxy
 
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
 AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
-AVP_AUTH_SRC = "$avp(gw_auth_src)"     # the phone's address, DN and whether it sent Digest
-AVP_AUTH_DN = "$avp(gw_auth_dn)"       # credentials: the reply route counts a refusal
-AVP_AUTH_CRED = "$avp(gw_auth_cred)"
+# "<1 if Digest credentials came, else 0> <the phone's address> <DN>" (neither
+# holds a space): the reply route counts a refusal of that phone's credentials.
+AVP_AUTH = "$avp(gw_auth)"
+_CREDENTIAL_COUNTS = tuple((name, f"$hdrc({name})") for name in authguard.CREDENTIAL_HEADERS)
 SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
 SHV_CN = "gw_cn"                        # kamailio.cfg shvset: the CN path, for gwctl doctor
 RETRY_AFTER_S = 5
@@ -67,7 +68,7 @@ def _reply(code: int, reason: str, event: str, retry_after: int | None = None, *
         KSR.hdr.append_to_reply(f"Retry-After: {retry_after}\r\n")
     KSR.sl.sl_send_reply(code, reason)
     KSR.statistics.update_stat(metrics.reply_stat(code), 1)
-    _log("info" if code < 500 else "warn", event, method=KSR.kx.get_method(), outcome=code, **fields)
+    _log("info" if code < 500 else "warn", event, method=_msg.method, outcome=code, **fields)
 
 
 def _rtpengine(op: Op, flags: str, sender: Side, cn: media.CnBlock) -> int:
@@ -129,23 +130,25 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
     # ------------------------------------------------------------------ main
     def ksr_request_route(self, msg: object) -> int:
         try:
-            return self._request_route()
+            _msg.begin(KSR.kx.get_method(), bool(KSR.is_WSX()))
+            return self._request_route(_msg.method)
         except Exception as exc:  # a bug must cost one request, with a reason, not a worker
-            _log("err", "route.exception", method=KSR.kx.get_method(), error=repr(exc), outcome=500)
-            if not KSR.is_ACK():
+            _log("err", "route.exception", method=_msg.method, error=repr(exc), outcome=500)
+            if _msg.method != "ACK":
                 KSR.sl.sl_send_reply(500, "Internal Server Error")
             return 1
 
-    def _request_route(self) -> int:
-        if KSR.kx.get_method() == "OPTIONS":   # the core counts every other method (kemi/metrics.py)
+    def _request_route(self, method: str) -> int:
+        if method == "OPTIONS":   # the core counts every other method (kemi/metrics.py)
             KSR.statistics.update_stat(metrics.OPTIONS_STAT, 1)
-        self._sip_seen()  # kemi/wsguard.py: the connection sent SIP
+        if _msg.ws:
+            self._sip_seen()  # kemi/wsguard.py: the connection sent SIP
         if self.REQINIT():
             return 1
-        if self._from_ws():
+        if _msg.ws:
             KSR.setflag(FL_FROM_WS)
         self.NATDETECT()
-        if KSR.is_CANCEL():
+        if method == "CANCEL":
             # CANCEL follows its INVITE's transaction; rtpengine is cleaned up
             # when the 487 reaches MANAGE_FAILURE.
             if KSR.tm.t_check_trans() > 0:
@@ -155,7 +158,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         # PBX resends BYE/NOTIFY/INFO/re-INVITE over UDP every 500 ms until the
         # phone answers): otherwise each copy is routed again, logged as a second
         # decision and, with SDP, handed to rtpengine again.
-        if not KSR.is_ACK():
+        if method != "ACK":
             if KSR.tmx.t_precheck_trans() > 0:
                 KSR.tm.t_check_trans()
                 return 1
@@ -163,13 +166,13 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                 return 1
         if self.WITHINDLG():
             return 1
-        if KSR.is_REGISTER():
+        if method == "REGISTER":
             self.REGISTRAR()
             return 1
-        if KSR.is_INVITE():
+        if method == "INVITE":
             KSR.pv.sets(AVP_INVITE_T0, repr(time.time()))
         if not self.AUTH():
-            if not self._from_ws() and self._targets_agent():
+            if not _msg.ws and self._targets_agent():
                 _reply(403, "Forbidden", "auth.agent_call_not_from_pbx", src=KSR.kx.get_srcip())
                 return 1
             if self.AUTH_LIMIT():
@@ -178,9 +181,9 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         if not self.LOCATION():
             return 1
         if not KSR.isflagset(FL_PEER):
-            if KSR.is_INVITE():
+            if method == "INVITE":
                 self._dlg_call_start("inbound")
-            if KSR.is_method_in("IS") or KSR.is_REFER():
+            if method in ("INVITE", "SUBSCRIBE", "REFER"):
                 KSR.rr.record_route()
             if not self.MEDIA_OFFER():
                 return 1
@@ -197,17 +200,17 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         if KSR.maxfwd.process_maxfwd(10) < 0:
             _reply(483, "Too Many Hops", "reqinit.maxfwd")
             return True
-        ua = (KSR.kx.get_ua() or "").lower()
-        if authguard.is_scanner(ua):
+        ua = KSR.kx.get_ua() or ""
+        if ua and authguard.is_scanner(ua):
             _log("info", "reqinit.scanner", src=KSR.kx.get_srcip(), ua=ua, outcome="dropped")
             return True
         if self._flooding():
             return True
         if KSR.sanity.sanity_check(17895, 7) < 0:
-            _log("warn", "reqinit.sanity", method=KSR.kx.get_method(), src=KSR.kx.get_srcip(),
+            _log("warn", "reqinit.sanity", method=_msg.method, src=KSR.kx.get_srcip(),
                  outcome="rejected")
             return True
-        if KSR.is_OPTIONS() and KSR.is_myself_ruri() and not KSR.kx.get_ruser():
+        if _msg.method == "OPTIONS" and KSR.is_myself_ruri() and not KSR.kx.get_ruser():
             _reply(200, "Keepalive", "reqinit.options")
             return True
         return False
@@ -219,7 +222,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         src = f"{KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
         if KSR.htable.sht_get(FLOOD_BAN, src):
             return True
-        if not KSR.is_REGISTER() or self.AUTH():
+        if _msg.method != "REGISTER" or self.AUTH():
             return False
         if KSR.htable.sht_inc(FLOOD_WINDOW, src) > self.cfg.flood_limit:
             KSR.htable.sht_seti(FLOOD_BAN, src, 1)
@@ -235,7 +238,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         KSR.force_rport()
         # Only phones are NATed by design; aliasing a PBX on a private network
         # would be harmless but misleading in its dialogs.
-        if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
+        if _msg.ws and KSR.hdr.is_present("Contact") > 0:
             KSR.nathelper.add_contact_alias()
 
     # ------------------------------------------------------------- WITHINDLG
@@ -253,7 +256,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             KSR.setflag(FL_PEER)  # handed over by the node holding the dialog and media
             if self.RECONNECT(may_hand_over=False):
                 self._dialog_relay()
-        elif KSR.is_ACK():
+        elif _msg.method == "ACK":
             if KSR.tm.t_check_trans() > 0:
                 self.RELAY()
         else:
@@ -271,7 +274,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         """Why: the PBX authenticates agents, not us; what we decide is which way a
         request goes. Only the PBX (or an allowed peer) reaches agents; phones,
         WebRTC or plain SIP, only ever reach the PBX, which challenges them."""
-        return not self._from_ws() and KSR.kx.get_srcip() in self.trusted
+        return not _msg.ws and KSR.kx.get_srcip() in self.trusted
 
     @staticmethod
     def _targets_agent() -> bool:
@@ -295,26 +298,25 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         except StoreError as exc:
             # Calls go on while Redis is away; only the failure limits lapse.
             metrics.REDIS_ERRORS.inc()
-            _log("warn", "auth.redis_down", method=KSR.kx.get_method(), user=user, src=src,
+            _log("warn", "auth.redis_down", method=_msg.method, user=user, src=src,
                  outcome="unchecked", error=exc)
             return True
-        contact = next(iter(bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))), None)
+        # The Contact only tells a registered phone apart (authguard.registered_phone).
+        contact = None if binding is None else next(iter(bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))), None)
         return self._auth_allowed(user, src, binding, bans, had_credentials, contact)
 
     def _auth_allowed(self, user: str, src: str, binding: Binding | None, bans: authguard.Bans,
                       had_credentials: bool, contact: bindings.ContactSpec | None) -> bool:
         """403 for a banned source; else, unless it is the registered phone (which
         also passes a ban), remember who asked: the reply route counts refusals."""
-        scope = authguard.verdict(KSR.kx.get_method(), src, binding, bans, contact)
+        scope = authguard.verdict(_msg.method, src, binding, bans, contact)
         if scope is not None:
             metrics.AUTH_BLOCKED.labels(scope).inc()
             _reply(403, "Too Many Failed Attempts", "auth.blocked", src=src, user=user, scope=scope)
             return False
         if authguard.registered_phone(src, binding, contact):
             return True
-        KSR.pv.sets(AVP_AUTH_SRC, src)
-        KSR.pv.sets(AVP_AUTH_DN, user)
-        KSR.pv.seti(AVP_AUTH_CRED, 1 if had_credentials else 0)
+        KSR.pv.sets(AVP_AUTH, f"{1 if had_credentials else 0} {src} {user}")
         KSR.setflag(FL_AUTH_TRACK)
         return True
 
@@ -326,47 +328,30 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             _reply(400, f"Bad {which} user ({problem})", "auth.bad_user", header=which,
                    user=user[:80], length=len(user), problem=problem, src=self._client_ip())
             return None
-        headers = [(name, _pv(f"$(hdr({name})[{i}])")) for name in authguard.CREDENTIAL_HEADERS
-                   for i in range(int(KSR.pv.get(f"$hdrc({name})") or 0))]
-        found, bad = authguard.credentials(headers)
+        headers = []
+        for name, count in _CREDENTIAL_COUNTS:
+            n = KSR.pv.get(count)
+            if n:
+                headers += [(name, _pv(f"$(hdr({name})[{i}])")) for i in range(int(n))]
+        found, bad = authguard.credentials(headers) if headers else (False, None)
         if bad is not None:
             _reply(400, f"Malformed {bad[0]}", "auth.bad_credentials", header=bad[0],
                    problem=bad[1], src=self._client_ip())
             return None
         return found
 
-    def _remember_client(self) -> None:
-        """Behind nginx every WebSocket comes from nginx: keep the phone's address
-        (X-Real-IP, set by nginx, never the client's) so the limits count phones."""
-        if KSR.kx.get_srcip() not in self.ws_proxies:
-            return
-        real = _pv("$hdr(X-Real-IP)")
-        try:
-            KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), authguard.norm_ip(real))
-        except ValueError:
-            _log("warn", "ws.no_client_address", src=KSR.kx.get_srcip(), header=real[:60], call_id=None)
-
-    def _client_ip(self) -> str:
-        """The phone's address: behind nginx (GW_WS_PROXIES) the one nginx saw."""
-        src = KSR.kx.get_srcip()
-        if src in self.ws_proxies and self._from_ws():
-            real = KSR.htable.sht_get(WS_CLIENTS, str(KSR.kx.get_conid()))
-            if real:
-                return str(real)
-        return authguard.norm_ip(src)
-
     def _auth_reply(self, status: int, method: str) -> None:
-        """A final reply to a phone's request: count the PBX's refusal of its credentials."""
-        user = _pv(AVP_AUTH_DN)
-        if not user:
+        """A final refusal (401/403/407) of a phone's request: count the PBX's refusal
+        of its credentials."""
+        tracked = _pv(AVP_AUTH)
+        if not tracked:
             return                    # already counted (a retransmitted final reply)
-        KSR.pv.unset(AVP_AUTH_DN)
+        KSR.pv.unset(AVP_AUTH)
+        cred, src, user = tracked.split(" ", 2)
         header = {401: "WWW-Authenticate", 407: "Proxy-Authenticate"}.get(status)
         challenge = _pv(f"$(hdr({header})[*])") if header else ""
-        had_credentials = int(KSR.pv.get(AVP_AUTH_CRED) or 0) > 0
-        if not authguard.is_failure(status, had_credentials, challenge):
+        if not authguard.is_failure(status, cred == "1", challenge):
             return
-        src = _pv(AVP_AUTH_SRC)
         metrics.AUTH_FAILURES.inc()
         try:
             failure = self.store.auth_failure(self.limits, src, user)
@@ -403,7 +388,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         if not self._auth_allowed(user, src, binding, bans, had_credentials, ours):
             return
         if src not in self.ws_proxies and KSR.kx.get_srcip() in self.ws_proxies:
-            KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), src)  # kept while registered
+            KSR.htable.sht_sets(wsguard.WS_CLIENTS, str(KSR.kx.get_conid()), src)  # kept while registered
         if ours is not None and ours.uri != "*":
             proto = KSR.kx.get_proto()
             draft = Binding(
@@ -419,10 +404,10 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                 src_ip=src,
             )
             # The record's JSON now; the 2xx only adds expiry and time (bindings.record).
-            KSR.pv.sets(AVP_BINDING, bindings.draft(user, ours.uri, draft.record_parts()))
+            KSR.pv.sets(AVP_BINDING, bindings.draft(user, draft.instance, ours.uri, draft.record_parts()))
             KSR.pv.seti(AVP_REQ_EXPIRES, bindings.requested_expiry(ours, _pv("$hdr(Expires)")))
         elif ours is not None:
-            KSR.pv.sets(AVP_BINDING, bindings.draft(user, "*", ("", "", "")))
+            KSR.pv.sets(AVP_BINDING, bindings.draft(user, "", "*", ("", "", "")))
             KSR.pv.seti(AVP_REQ_EXPIRES, 0)
         KSR.path.add_path_received()
         self._select_pbx()   # kemi/pbxroute.py
@@ -437,7 +422,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             KSR.rr.loose_route_preloaded()
         if KSR.siputils.uri_param_any("alias") > 0:
             KSR.nathelper.handle_ruri_alias()
-            _log("info", "location.alias", method=KSR.kx.get_method(), outcome="found")
+            _log("info", "location.alias", method=_msg.method, outcome="found")
             return True
         user = KSR.kx.get_ruser() or ""
         if not user or not KSR.is_myself_ruri():
@@ -459,7 +444,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             KSR.seturi(f"sip:{user}@{binding.node}")
             KSR.setdsturi(f"sip:{binding.node};transport=udp")
             KSR.setflag(FL_PEER)
-            _log("info", "location.peer_node", method=KSR.kx.get_method(), user=user, node=binding.node)
+            _log("info", "location.peer_node", method=_msg.method, user=user, node=binding.node)
             return True
         if "transport=ws" in binding.received and KSR.tcpops.tcp_conid_state(binding.conid) != 1:
             _reply(480, "Temporarily Unavailable", "location.connection_gone",
@@ -468,16 +453,16 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         KSR.seturi(binding.contact)
         KSR.setdsturi(binding.received)
         KSR.rr.add_rr_param(f";{reconnect.RR_CONID}={binding.conid}")  # for RECONNECT
-        _log("info", "location.found", method=KSR.kx.get_method(), user=user, dst=binding.received)
+        _log("info", "location.found", method=_msg.method, user=user, dst=binding.received)
         return True
 
     # ----------------------------------------------------------------- RELAY
     def TO_PBX(self) -> None:
         """Why: everything a phone starts outside a dialog goes to the PBX."""
-        if KSR.is_INVITE():
+        if _msg.method == "INVITE":
             self._dlg_call_start("outbound")
-        if KSR.is_method_in("IS") or KSR.is_REFER():
-            if self._from_ws():
+        if _msg.method in ("INVITE", "SUBSCRIBE", "REFER"):
+            if _msg.ws:
                 KSR.rr.add_rr_param(f";{reconnect.RR_CONID}={KSR.kx.get_conid()}")
             KSR.rr.record_route()
         # The destination first: MEDIA_OFFER picks the flags by where it goes.
@@ -488,9 +473,11 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
 
     def RELAY(self) -> None:
         """Why: relay statefully so replies, failures and timeouts come back to us."""
-        if KSR.is_method_in("IBSU") or KSR.is_REGISTER() or KSR.isflagset(FL_AUTH_TRACK):
+        method = _msg.method
+        # Replies worth a look: answers (SDP), a phone's Contact, REGISTER's 2xx, refusals.
+        if method in ("INVITE", "SUBSCRIBE", "UPDATE", "REGISTER") or KSR.isflagset(FL_AUTH_TRACK):
             KSR.tm.t_on_reply("ksr_onreply_manage")
-        if KSR.is_INVITE() or KSR.isflagset(FL_TO_PBX):
+        if method == "INVITE" or KSR.isflagset(FL_TO_PBX):
             KSR.tm.t_on_failure("ksr_failure_manage")
         to_phone = self._to_ws()
         if to_phone:
@@ -498,8 +485,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             # gone, fail now instead of trying to connect to it.
             KSR.set_forward_no_connect()
         if KSR.tm.t_relay() > 0:
-            _log("info", "relay", method=KSR.kx.get_method(), dst=KSR.kx.get_duri() or KSR.kx.get_ruri(),
-                 outcome="relayed")
+            _log("info", "relay", method=method, dst=KSR.kx.get_duri() or KSR.kx.get_ruri(), outcome="relayed")
         else:
             if to_phone:
                 code, reason = 480, "Temporarily Unavailable"
@@ -507,8 +493,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                 code, reason = 503, "Service Unavailable"
             self._media_delete("relay_failed")
             KSR.tm.t_reply(code, reason)
-            _log("warn", "relay.failed", method=KSR.kx.get_method(), dst=KSR.kx.get_duri(),
-                 outcome=code)
+            _log("warn", "relay.failed", method=method, dst=KSR.kx.get_duri(), outcome=code)
 
     # ----------------------------------------------------------- MEDIA_OFFER
     def MEDIA_OFFER(self) -> bool:
@@ -518,17 +503,19 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             return True
         receiver = Side.PHONE if self._to_ws() or KSR.isflagset(FL_TO_PEER_PHONE) else Side.PBX
         sender = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
-        if KSR.is_ACK() or KSR.is_PRACK():
-            op = Op.OFFER if not KSR.isflagset(FL_REQ_SDP) and KSR.is_PRACK() else Op.ANSWER
+        method = _msg.method
+        if method == "ACK" or method == "PRACK":
+            op = Op.OFFER if method == "PRACK" and not KSR.isflagset(FL_REQ_SDP) else Op.ANSWER
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
-        rc = _rtpengine(op, str(media.flags(op, receiver, sender, self.cn)), sender, self.cn)
+        rc = _rtpengine(op, media.flag_text(op is Op.OFFER, receiver is Side.PHONE, sender is Side.PHONE, self.cn),
+                        sender, self.cn)
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
         metrics.RTPENGINE_ERRORS.inc()
-        if KSR.is_ACK():
+        if method == "ACK":
             _log("err", "media.answer_failed", method="ACK", outcome="media_lost")
             return True
         _reply(503, "Media Relay Unavailable", "media.rtpengine_failed",
@@ -540,29 +527,35 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         """Why: answers (or 3PCC offers in a 200 OK) go through rtpengine toward
         the request's sender; a 2xx to REGISTER becomes the binding in Redis."""
         status = KSR.kx.get_status()
-        method = _pv("$rm")
-        if status >= 200 and KSR.isflagset(FL_AUTH_TRACK):
+        if status == 100:
+            return 1      # tm's business alone (never relayed, no SDP, no Contact)
+        _msg.begin(_pv("$rm"), bool(KSR.is_WSX()))
+        method = _msg.method
+        # The transaction's flags, all at once (tm hands them to the reply route).
+        flags = int(KSR.pv.get("$mf") or 0)
+        if status in (401, 403, 407) and flags & (1 << FL_AUTH_TRACK):
             self._auth_reply(status, method)
         if method == "REGISTER":
             self._register_reply(status)
             return 1
-        if self._from_ws() and KSR.hdr.is_present("Contact") > 0:
+        if _msg.ws and KSR.hdr.is_present("Contact") > 0:
             KSR.nathelper.add_contact_alias()
-        if (100 < status < 300 and not KSR.isflagset(FL_PEER)
+        if (100 < status < 300 and not flags & (1 << FL_PEER)
                 and KSR.textops.has_body_type("application/sdp") > 0):
             # The reply goes back to whoever sent the request.
-            receiver = Side.PHONE if KSR.isflagset(FL_FROM_WS) else Side.PBX
-            sender = Side.PHONE if self._from_ws() or KSR.isflagset(FL_TO_PEER_PHONE) else Side.PBX
-            op = Op.ANSWER if KSR.isflagset(FL_REQ_SDP) else Op.OFFER
-            rc = _rtpengine(op, str(media.flags(op, receiver, sender, self.cn)), sender, self.cn)
+            to_phone = bool(flags & (1 << FL_FROM_WS))
+            from_phone = _msg.ws or bool(flags & (1 << FL_TO_PEER_PHONE))
+            offer = not flags & (1 << FL_REQ_SDP)
+            rc = _rtpengine(Op.OFFER if offer else Op.ANSWER, media.flag_text(offer, to_phone, from_phone, self.cn),
+                            Side.PHONE if from_phone else Side.PBX, self.cn)
             if rc < 0:
                 metrics.RTPENGINE_ERRORS.inc()
-                _log("err", "media.reply_failed", method=method, status=status, op=op.value)
+                _log("err", "media.reply_failed", method=method, status=status, op="offer" if offer else "answer")
         if 200 <= status < 300 and method == "INVITE":
-            self._count_answered()
+            self._count_answered(flags)
         return 1
 
-    def _count_answered(self) -> None:
+    def _count_answered(self, flags: int) -> None:
         """First 2xx of an initial INVITE: one answered call and its setup time
         (2xx retransmissions find the start time already gone)."""
         t0 = _pv(AVP_INVITE_T0)
@@ -570,7 +563,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             return
         KSR.pv.unset(AVP_INVITE_T0)
         setup = max(time.time() - float(t0), 0.0)
-        direction = "outbound" if KSR.isflagset(FL_FROM_WS) else "inbound"
+        direction = "outbound" if flags & (1 << FL_FROM_WS) else "inbound"
         KSR.statistics.update_stat(metrics.CALL_STATS[direction], 1)
         KSR.statistics.update_stat(metrics.setup_stat(setup), 1)
         KSR.statistics.update_stat(metrics.SETUP_SUM_STAT, int(setup * 1e6))
@@ -584,7 +577,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                 metrics.REGISTER_FAILURES.labels(str(status) if status >= 300 else "no_contact").inc()
                 _log("info", "registrar.reply", method="REGISTER", user=KSR.kx.get_tuser(), outcome=status)
             return
-        user, contact, parts = bindings.read_draft(text)
+        user, instance, contact, parts = bindings.read_draft(text)
         if contact == "*":
             expires = 0
         else:
@@ -594,7 +587,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             self._turn_header(user, expires)
         try:
             if expires > 0:
-                self.store.put_record(user, bindings.record(parts, expires), expires, contact)
+                self.store.put_record(user, bindings.record(parts, expires), expires, contact, instance)
             else:
                 current = self.store.get(user)
                 if current is not None and (contact == "*" or current.contact == contact):
@@ -621,6 +614,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
     def ksr_failure_manage(self, msg: object) -> int:
         """Why: a dark PBX, or one answering 5xx, hands over to the next (pbxroute.py); a call
         that failed for good, was cancelled or timed out leaves no session in rtpengine."""
+        _msg.begin(KSR.kx.get_method(), bool(KSR.is_WSX()))
         if self._pbx_failover():
             return 1
         status = KSR.tm.t_get_status_code()
@@ -673,7 +667,7 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         conid = KSR.pv.get("$ws_conid") if evname == "websocket:closed" else KSR.kx.get_conid()
         _log("info", "ws.event", name=evname, conid=conid, call_id=None)
         if evname == "websocket:closed" and self.ws_proxies and conid is not None:
-            KSR.htable.sht_rm(WS_CLIENTS, str(conid))
+            KSR.htable.sht_rm(wsguard.WS_CLIENTS, str(conid))
         return 1
 
     # --------------------------------------------------------------- helpers
@@ -687,8 +681,13 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         target = (KSR.kx.get_duri() or KSR.kx.get_ruri() or "").lower()
         return "transport=ws" in target
 
+    def ksr_reconnect_continue(self, msg: object) -> int:
+        """kemi/reroute.py's continue route, the resumed request read first."""
+        _msg.begin(KSR.kx.get_method(), bool(KSR.is_WSX()))
+        return Reroute.ksr_reconnect_continue(self, msg)
+
     def _media_delete(self, why: str) -> None:
-        if KSR.isflagset(FL_MEDIA) or KSR.is_BYE() or KSR.is_CANCEL():
+        if KSR.isflagset(FL_MEDIA) or _msg.method in ("BYE", "CANCEL"):
             self._call_quality(answered=why == "bye")
             if KSR.rtpengine.rtpengine_delete("") < 0:
                 KSR.rtpengine.rtpengine_delete("")

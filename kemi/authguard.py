@@ -345,6 +345,9 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_SCANNER = re.compile("|".join(map(re.escape, SCANNER_UA)), re.I).search
+
+
 def is_scanner(user_agent: str) -> bool:
-    ua = user_agent.lower()
-    return bool(ua) and any(s in ua for s in SCANNER_UA)
+    """(Every request asks: one search, not one per name.)"""
+    return bool(user_agent) and _SCANNER(user_agent) is not None

@@ -84,18 +84,18 @@ def _json(value: Any) -> str:
 
 
 # A binding draft in one AVP at the REGISTER (kemi/app.py REGISTRAR): the user,
-# the contact, then the record's parts, a line each. A DN holds no line feed
-# (valid_user) and JSON escapes it, so the first and the last three splits are
-# exact whatever the contact holds.
-def draft(user: str, contact: str, parts: tuple[str, str, str]) -> str:
-    return "\n".join((user, contact, *parts))
+# the +sip.instance, the contact, then the record's parts, a line each. A DN and
+# a header parameter hold no line feed and JSON escapes it, so the first two and
+# the last three splits are exact whatever the contact holds.
+def draft(user: str, instance: str, contact: str, parts: tuple[str, str, str]) -> str:
+    return "\n".join((user, instance, contact, *parts))
 
 
-def read_draft(text: str) -> tuple[str, str, tuple[str, str, str]]:
-    """(user, contact, record parts) of a draft."""
-    user, rest = text.split("\n", 1)
+def read_draft(text: str) -> tuple[str, str, str, tuple[str, str, str]]:
+    """(user, instance, contact, record parts) of a draft."""
+    user, instance, rest = text.split("\n", 2)
     contact, head, mid, tail = rest.rsplit("\n", 3)
-    return user, contact, (head, mid, tail)
+    return user, instance, contact, (head, mid, tail)
 
 
 def record(parts: tuple[str, str, str], expires: int, now: float | None = None) -> str:

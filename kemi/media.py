@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 from dataclasses import dataclass
 
 
@@ -116,6 +117,13 @@ def flags(op: Op, receiver: Side, sender: Side | None = None,
     return Flags(tuple(tokens))
 
 
+def flag_text(offer: bool, to_phone: bool, from_phone: bool, cn: CnBlock) -> str:
+    """flags() as the rtpengine module's flag string, for the routing's hot path:
+    all of them built once, looked up by plain booleans (an Enum's hash is Python
+    code, and an lru_cache lookup hashes three of them)."""
+    return _FLAG_TEXT[cn is CnBlock.FILTER][offer][to_phone][from_phone]
+
+
 def rtpengine_sdp(sdp: str, sender: Side, cn: CnBlock = CnBlock.TRANSCODE) -> str:
     """The SDP rtpengine must read for an offer/answer that `sender` sent: the
     PBX's with CN declared when rtpengine has to decode it (TRANSCODE); as it
@@ -126,28 +134,60 @@ def rtpengine_sdp(sdp: str, sender: Side, cn: CnBlock = CnBlock.TRANSCODE) -> st
 
 
 def declare_cn(sdp: str) -> str:
-    """The PBX's SDP as rtpengine must see it on the transcoder path: CN (13
-    CN/8000) declared on every active RTP audio stream with an 8 kHz codec that
-    does not declare it already, so rtpengine decodes CN the PBX sends without
-    having offered it (see _CN_OFFER_TO_PBX). Only rtpengine sees this; its
-    output replaces the body."""
+    """The PBX's SDP as rtpengine must see it: CN (13 CN/8000) declared on
+    every active RTP audio stream with an 8 kHz codec that does not declare it
+    already, so rtpengine decodes CN the PBX sends without having offered it
+    (see _CN_OFFER_TO_PBX). Only rtpengine sees this; its output replaces the
+    body. Every SDP from the PBX passes here: it works on each media section's
+    text as a whole, not line by line (issue 14; the same output)."""
     if "m=audio" not in sdp:
         return sdp
     eol = "\r\n" if "\r\n" in sdp else "\n"
-    lines = sdp.split(eol)
-    out: list[str] = []
-    section: list[str] = []
+    starts = [0] if sdp.startswith("m=") else []
+    i = sdp.find(eol + "m=")
+    while i >= 0:
+        starts.append(i + len(eol))
+        i = sdp.find(eol + "m=", i + len(eol))
+    if not starts:
+        return sdp
+    out = [sdp[:starts[0]]]
+    for k, begin in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(sdp)
+        out.append(_section_with_cn(sdp[begin:end], eol))
+    return "".join(out)
 
-    def flush() -> None:
-        out.extend(_with_cn(section))
-        section.clear()
 
-    for line in lines:
-        if line.startswith("m="):
-            flush()
-        section.append(line)
-    flush()
-    return eol.join(out)
+_RTPMAP = re.compile(r"^a=rtpmap:(\S*)[ \t]+(\S+)", re.M)
+
+
+def _section_with_cn(section: str, eol: str) -> str:
+    """One media section (its text, with its line breaks)."""
+    if not section.startswith("m=audio "):
+        return section
+    nl = section.find(eol)
+    mline = section if nl < 0 else section[:nl]
+    parts = mline.split()
+    pts = parts[3:]
+    if len(parts) < 4 or parts[1] == "0" or not parts[2].startswith("RTP/") or "13" in pts:
+        return section
+    last = section.rfind(eol + "a=rtpmap:")
+    if last < 0 or "cn/" in section.lower() or ("0" not in pts and "8" not in pts):
+        # The rare cases, exactly: no rtpmap line to follow, maybe CN already,
+        # no static 8 kHz codec (look the encodings up).
+        if last < 0:
+            return eol.join(_with_cn(section.split(eol)))
+        rtpmaps = {pt: enc.lower() for pt, enc in _RTPMAP.findall(section)}
+        if any(enc.startswith("cn/") for enc in rtpmaps.values()):
+            return section
+        if not any(pt in ("0", "8") or (rtpmaps.get(pt, "").endswith("/8000")
+                                         and not rtpmaps[pt].startswith("telephone-event"))
+                   for pt in pts):
+            return section
+    # after the last a=rtpmap line (the m-line comes first, so it follows a line break)
+    end = section.find(eol, last + len(eol))
+    if end < 0:
+        end = len(section)
+    return mline + " 13" + section[len(mline):end] + eol + "a=rtpmap:13 CN/8000" + section[end:]
 
 
 def _with_cn(section: list[str]) -> list[str]:
@@ -208,3 +248,10 @@ def ng_params(flags_: Flags) -> dict[str, object]:
         else:
             add("flags", name)
     return out
+
+
+# flag_text's table: [filter][offer][to_phone][from_phone]
+_FLAG_TEXT = [[[[str(flags(Op.OFFER if offer else Op.ANSWER, Side.PHONE if to_phone else Side.PBX,
+                           Side.PHONE if from_phone else Side.PBX, cn))
+                 for from_phone in (False, True)] for to_phone in (False, True)] for offer in (False, True)]
+              for cn in (CnBlock.TRANSCODE, CnBlock.FILTER)]

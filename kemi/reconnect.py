@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii as _q   # json.dumps' string encoder
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
@@ -47,7 +48,10 @@ class ContactIndex:
         return cls(binding.user, binding.contact, binding.instance)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+        """json.dumps(asdict(self), separators=(",", ":"), sort_keys=True), written
+        out (every REGISTER writes one: asdict copies deeply)."""
+        return (f'{{"contact":{_q(self.contact)},"instance":{_q(self.instance)},'
+                f'"user":{_q(self.user)}}}')
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "ContactIndex":
@@ -99,7 +103,12 @@ def _is_ws(uri: str) -> bool:
 def from_phone_side(routes: str) -> bool:
     """The request entered the dialog's route on its WebSocket side (the top Route
     is a node's WebSocket address): it comes from the phone, even when it reached
-    us over UDP from the node now holding the phone's connection."""
+    us over UDP from the node now holding the phone's connection. (Every in-dialog
+    request asks: the top Route alone is read when it is a plain <URI>.)"""
+    top = routes.lstrip()
+    end = top.find(">")
+    if top.startswith("<") and end > 0 and '"' not in top[:end]:
+        return _is_ws(top[1:end].strip())
     uris = route_uris(routes)
     return bool(uris) and _is_ws(uris[0])
 

@@ -16,7 +16,7 @@ import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import logfmt, metrics, reconnect, settings as settings_mod
 from kemi.bindings import Binding
-from kemi.flags import FL_FROM_WS, FL_PEER, FL_TO_PEER_PHONE
+from kemi.flags import FL_FROM_WS, FL_PEER, FL_TO_PEER_PHONE, current
 from kemi.reconnect import Action
 from kemi.store import BindingStore, StoreError
 
@@ -54,11 +54,11 @@ class Reroute:
         holds goes to that node's SIP side (its next Route); one arriving from
         that node is the phone's; one for a phone goes through RECONNECT. False
         when the request was answered or suspended."""
-        from_ws, to_ws = self._from_ws(), self._to_ws()
+        from_ws, to_ws = current.ws, self._to_ws()
         if from_ws and to_ws and reconnect.peer_hop(routes):
             KSR.setdsturi(reconnect.peer_hop(routes))
             KSR.setflag(FL_PEER)
-        elif reconnect.from_phone_side(routes) and not from_ws:
+        elif not from_ws and reconnect.from_phone_side(routes):
             KSR.setflag(FL_FROM_WS)
         elif to_ws:
             return self.RECONNECT()
@@ -121,7 +121,7 @@ class Reroute:
             self._media_delete("bye")
         if not KSR.is_ACK():
             KSR.sl.send_reply(code, reason)
-            metrics.count_reply(code)
+            KSR.statistics.update_stat(metrics.reply_stat(code), 1)
             _log("info", event, method=KSR.kx.get_method(), outcome=code, **fields)
 
     # ------------------------------------------------------------- the timer
@@ -154,12 +154,13 @@ class Reroute:
 
     def _dialog_relay(self) -> None:
         """In-dialog media (where this node holds it), then relay (WITHINDLG's end)."""
+        method = current.method
         if not KSR.isflagset(FL_PEER):
-            if KSR.is_BYE():
+            if method == "BYE":
                 self._media_delete("bye")
-            elif (KSR.is_method_in("IUP") or KSR.is_ACK()) and not self.MEDIA_OFFER():
+            elif method in ("INVITE", "UPDATE", "PRACK", "ACK") and not self.MEDIA_OFFER():
                 return
-        if KSR.is_ACK():
+        if method == "ACK":
             KSR.tm.t_relay()
         else:
             self.RELAY()

@@ -110,25 +110,31 @@ class Connection:
         sock.settimeout(None)
         self._sock = sock
         if self._auth:
-            self._call(encode("AUTH", *self._auth))
+            self._call(encode("AUTH", *self._auth), 1)
         if self._db:
-            self._call(encode("SELECT", self._db))
+            self._call(encode("SELECT", self._db), 1)
         return sock
 
     def command(self, *args: Union[str, bytes, int]) -> Reply:
         """Send one command, return its reply. A connection that sat idle while the
         server restarted fails at its first use: then once more on a new one (the
         commands here are all idempotent; a timeout is not retried)."""
-        data = encode(*args)
+        return self._retried(encode(*args), 1)[0]
+
+    def pipeline(self, *commands: tuple) -> list[Reply]:
+        """Several commands in one write, their replies in one read (one round trip)."""
+        return self._retried(b"".join(encode(*c) for c in commands), len(commands))
+
+    def _retried(self, data: bytes, n: int) -> list[Reply]:
         reused = self._sock is not None
         try:
-            return self._call(data)
+            return self._call(data, n)
         except _Closed:
             if not reused:
                 raise
-        return self._call(data)
+        return self._call(data, n)
 
-    def _call(self, data: bytes) -> Reply:
+    def _call(self, data: bytes, n: int = 1) -> list[Reply]:
         try:
             sock = self._sock or self._connect()
             sock.sendall(data)
@@ -139,7 +145,10 @@ class Connection:
                     raise _Closed("connection closed by the server")
                 buf += more
                 try:
-                    value, _ = parse(buf)
+                    values, pos = [], 0
+                    for _ in range(n):
+                        value, pos = parse(buf, pos)
+                        values.append(value)
                     break
                 except Incomplete:
                     continue
@@ -155,8 +164,9 @@ class Connection:
         except (OSError, ValueError) as exc:     # socket.timeout is an OSError
             self.close()
             raise RespError(f"{type(exc).__name__}: {exc}") from None
-        if isinstance(value, ReplyError):
-            # A demoted primary (READONLY) or a server in trouble: start afresh.
-            self.close()
-            raise value
-        return value
+        for value in values:
+            if isinstance(value, ReplyError):
+                # A demoted primary (READONLY) or a server in trouble: start afresh.
+                self.close()
+                raise value
+        return values

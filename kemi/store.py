@@ -115,8 +115,13 @@ class BindingStore:
             raise StoreError(f"redis {args[0]} {args[1]}: {exc}") from exc
 
     def _pipeline(self, *commands: tuple) -> None:
-        for command in commands:
-            self._cmd(*command)
+        """Hot-path commands in one round trip, StoreError when any fails."""
+        if self._fast is None:
+            self._fast = fast_connect(self._url)
+        try:
+            self._fast.pipeline(*commands)
+        except resp.RespError as exc:
+            raise StoreError(f"redis {commands[0][0]} {commands[0][1]}: {exc}") from exc
 
     def get(self, user: str) -> Optional[Binding]:
         raw = self._cmd("GET", key(user))
@@ -140,7 +145,7 @@ class BindingStore:
         """The binding, and its Contact's index entry (same TTL) in the same round trip."""
         self.put_record(binding.user, binding.to_json(), binding.expires, binding.contact, binding.instance)
 
-    def put_record(self, user: str, record: str, expires: int, contact: str, instance: str = "") -> None:
+    def put_record(self, user: str, record: str, expires: int, contact: str, instance: str) -> None:
         """A binding record already in JSON (kemi/bindings.py draft) and its Contact's
         index entry (kemi/reconnect.py), one round trip."""
         ttl = max(expires, 1)

@@ -2,9 +2,10 @@
 kemi/conns.py decides, carried out with KSR.
 
 A mixin of the Gateway (kemi/app.py): `_upgrade_ws` runs at every WebSocket
-upgrade, `_sip_seen` at every SIP request, `ksr_conn_sweep` once a second in
-its own rtimer process (kamailio.cfg), `_connection_stats` at every /metrics
-scrape.
+upgrade, `_sip_seen` at every SIP request over a WebSocket, `ksr_conn_sweep`
+once a second in its own rtimer process (kamailio.cfg), `_connection_stats` at
+every /metrics scrape, `_client_ip` where the failure limits need the phone's
+address.
 """
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import time
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import conns, logfmt, metrics, settings as settings_mod
+from kemi import authguard, conns, logfmt, metrics, settings as settings_mod
+from kemi.flags import current
 
+WS_CLIENTS = "gwwsip"      # htable: WebSocket conid -> the phone's address behind a proxy
 IP_CONNS = "gwipconn"      # htable: WebSockets per address at the last sweep
 IP_NEW = "gwipnew"         # htable: upgrades per address since the last sweep
 REFUSED = "gwrefused"      # htable: a key per refusal reason while a burst lasts
@@ -67,9 +70,9 @@ class ConnectionGuard:
     @staticmethod
     def _sip_seen() -> None:
         """Why: a WebSocket that sent SIP leaves the 30 s "no SIP yet" phase
-        (its lifetime is what the sweep reads: kemi/conns.py)."""
-        if KSR.is_WSX():
-            KSR.tcpops.tcp_set_connection_lifetime(conns.LIFETIME_S)
+        (its lifetime is what the sweep reads: kemi/conns.py). For SIP over a
+        WebSocket only (app.py asks)."""
+        KSR.tcpops.tcp_set_connection_lifetime(conns.LIFETIME_S)
 
     def _upgrade_ws(self) -> bool:
         """Why: refuse at the first bytes (the upgrade), with a 503 and a closed
@@ -151,6 +154,26 @@ class ConnectionGuard:
         for reason, count in closed.items():
             self._refused(reason, count, listed=res.listed)
         return 1
+
+    def _remember_client(self) -> None:
+        """Behind nginx every WebSocket comes from nginx: keep the phone's address
+        (X-Real-IP, set by nginx, never the client's) so the limits count phones."""
+        if KSR.kx.get_srcip() not in self.ws_proxies:
+            return
+        real = str(KSR.pv.get("$hdr(X-Real-IP)") or "")
+        try:
+            KSR.htable.sht_sets(WS_CLIENTS, str(KSR.kx.get_conid()), authguard.norm_ip(real))
+        except ValueError:
+            _warn("ws.no_client_address", src=KSR.kx.get_srcip(), header=real[:60])
+
+    def _client_ip(self) -> str:
+        """The phone's address: behind nginx (GW_WS_PROXIES) the one nginx saw."""
+        src = KSR.kx.get_srcip()
+        if src in self.ws_proxies and current.ws:
+            real = KSR.htable.sht_get(WS_CLIENTS, str(KSR.kx.get_conid()))
+            if real:
+                return str(real)
+        return authguard.norm_ip(src)
 
     def _connection_stats(self) -> dict:
         """For /metrics: WebSockets open, the limit, Kamailio's own shm use."""

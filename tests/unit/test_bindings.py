@@ -112,8 +112,18 @@ def test_to_json_same_as_asdict_dumps():
 def test_draft_record_is_the_finalized_binding():
     b = bindings.Binding("1001", "sip:a@b;x=\n", "sip:127.0.0.2:5060;transport=udp", "udp:127.0.0.1:5070",
                          -1, "127.0.0.1:5070", call_id="c", user_agent='UA "1"', src_ip="127.0.0.2")
-    text = bindings.draft(b.user, b.contact, b.record_parts())
-    user, contact, parts = bindings.read_draft(text)
-    assert (user, contact) == (b.user, b.contact)
+    text = bindings.draft(b.user, b.instance, b.contact, b.record_parts())
+    user, instance, contact, parts = bindings.read_draft(text)
+    assert (user, instance, contact) == (b.user, b.instance, b.contact)
     assert bindings.record(parts, 600, now=1795582185.1804) == \
         bindings.finalize(b, 600, now=1795582185.1804).to_json()
+
+
+def test_contact_index_json_as_asdict():
+    import json
+    from dataclasses import asdict
+    from kemi.reconnect import ContactIndex
+    for ci in (ContactIndex("1001", "sip:a@b.invalid;transport=ws", "<urn:uuid:1>"),
+               ContactIndex('x"\\', "sip:ü@x\n", "")):
+        assert ci.to_json() == json.dumps(asdict(ci), separators=(",", ":"), sort_keys=True)
+        assert ContactIndex.from_json(ci.to_json()) == ci

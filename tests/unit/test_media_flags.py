@@ -107,3 +107,51 @@ def test_cn_declared_for_rtpengine_only_on_the_transcoder_path():
     assert rtpengine_sdp(sdp, Side.PBX, CnBlock.TRANSCODE) == declare_cn(sdp)
     assert rtpengine_sdp(sdp, Side.PBX, CnBlock.FILTER) == sdp
     assert rtpengine_sdp(sdp, Side.PHONE, CnBlock.TRANSCODE) == sdp
+
+
+def _declare_cn_reference(sdp: str) -> str:
+    """declare_cn as it was, line by line (issue 14 made it work on sections)."""
+    from kemi.media import _with_cn
+    if "m=audio" not in sdp:
+        return sdp
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    out: list[str] = []
+    section: list[str] = []
+    for line in sdp.split(eol):
+        if line.startswith("m="):
+            out.extend(_with_cn(section))
+            section.clear()
+        section.append(line)
+    out.extend(_with_cn(section))
+    return eol.join(out)
+
+
+def test_declare_cn_same_as_line_by_line():
+    import random
+    from pathlib import Path
+    from kemi.media import declare_cn
+    rng = random.Random(14)
+    pool = ["v=0", "o=pbx 1 1 IN IP4 127.0.0.1", "s=-", "c=IN IP4 127.0.0.1", "t=0 0", "b=AS:64",
+            "m=audio 4000 RTP/AVP 0 101", "m=audio 4000 RTP/AVP 8", "m=audio 0 RTP/AVP 0",
+            "m=audio 4000 RTP/AVP 9 13", "m=audio 4000 UDP/TLS/RTP/SAVPF 111 0", "m=video 5000 RTP/AVP 96",
+            "m=audio 4000 RTP/AVP 96 97", "a=rtpmap:0 PCMU/8000", "a=rtpmap:8 PCMA/8000",
+            "a=rtpmap:101 telephone-event/8000", "a=rtpmap:96 opus/48000/2", "a=rtpmap:97 G729/8000",
+            "a=rtpmap:13 CN/8000", "a=rtpmap:98 cn/8000", "a=rtpmap:9", "a=rtpmap:9 G722/8000",
+            "a=fmtp:101 0-16", "a=sendrecv", "a=ptime:20", ""]
+    cases = [p.read_text() for p in (Path(__file__).resolve().parents[1] / "golden").glob("*.sdp")]
+    for _ in range(4000):
+        lines = [rng.choice(pool) for _ in range(rng.randrange(1, 14))]
+        eol = rng.choice(["\r\n", "\n"])
+        cases.append(eol.join(lines) + rng.choice(["", eol]))
+    for sdp in cases:
+        assert declare_cn(sdp) == _declare_cn_reference(sdp), repr(sdp)
+
+
+def test_flag_text_is_flags():
+    from kemi.media import CnBlock, Op, Side, flag_text, flags
+    for cn in CnBlock:
+        for op in Op:
+            for to in Side:
+                for frm in Side:
+                    assert flag_text(op is Op.OFFER, to is Side.PHONE, frm is Side.PHONE, cn) == \
+                        str(flags(op, to, frm, cn))

@@ -159,3 +159,18 @@ def test_auth_and_select_on_connect():
         assert seen[0] == resp.encode("AUTH", "pw") and seen[1] == resp.encode("SELECT", 3)
     finally:
         srv.close()
+
+
+def test_pipeline_one_round_trip():
+    seen = []
+
+    def script(data):
+        seen.append(data)
+        return [b"+OK\r\n+O", b"K\r\n"]
+    srv = Server(script)
+    try:
+        c = conn(srv)
+        assert c.pipeline(("SET", "a", "1"), ("SET", "b", "2")) == [b"OK", b"OK"]
+        assert seen == [resp.encode("SET", "a", "1") + resp.encode("SET", "b", "2")]
+    finally:
+        srv.close()
