@@ -154,6 +154,8 @@ def ws_flow(c: Counted, conns: int, per_conn: int, work: Path) -> tuple[int, flo
     marks: dict[str, float] = {}
 
     def probe(label: str) -> dict:
+        if label == "connect_end":      # the background's rate, right before the storm
+            marks["idle"] = idle_rate(c)
         if label == "storm_start":
             c.zero()
             marks["t0"] = time.monotonic()
@@ -163,7 +165,15 @@ def ws_flow(c: Counted, conns: int, per_conn: int, work: Path) -> tuple[int, flo
                                    timeout=60.0, settle_s=6.0, probe=probe))
     if not uas.wait(5):
         uas.stop()
-    return res.ok, time.monotonic() - marks.get("t0", time.monotonic())
+    return res.ok, time.monotonic() - marks.get("t0", time.monotonic()), marks.get("idle", 0.0)
+
+
+def idle_rate(c: Counted, seconds: float = 4.0) -> float:
+    """Instructions per second with no traffic (timers, the connection sweep, the
+    reconnect timer), measured right before a flow and subtracted from it."""
+    c.zero()
+    time.sleep(seconds)
+    return sum(read_ir(c.pids).values()) / seconds
 
 
 # ------------------------------------------------------------------- run
@@ -186,28 +196,25 @@ def measure(variant: str, flows: list[str], base: Path, rtp, ng, media_ports, *,
                 sipp_flow(c, flow, 20, 10, work, infs[flow])
         c.instrument()
         time.sleep(1.0)
-        c.zero()
-        time.sleep(5.0)
-        idle = read_ir(c.pids)
-        idle_rate = sum(idle.values()) / 5.0
-        log(f"icount {variant}: idle {idle_rate / 1e6:.2f} M instructions/s")
         for flow in flows:
             time.sleep(6.0)   # tm's wait timers of the previous flow
             fc = FlowCount(flow, variant)
             if flow == "wsreg":
                 fc.asked = ws[0] * ws[1]
-                fc.units, fc.seconds = ws_flow(c, ws[0], ws[1], work)
+                fc.units, fc.seconds, idle = ws_flow(c, ws[0], ws[1], work)
                 time.sleep(6.0)
                 fc.seconds += 6.0
             else:
                 fc.asked = n
+                idle = idle_rate(c)
                 c.zero()
                 t0 = time.monotonic()
                 fc.units = sipp_flow(c, flow, n, rate, work, infs[flow])
                 time.sleep(6.0)   # its transactions freed (tm wait timer 5 s)
                 fc.seconds = time.monotonic() - t0
             fc.by_process = read_ir(c.pids)
-            fc.ir = int(sum(fc.by_process.values()) - idle_rate * fc.seconds)
+            fc.ir = int(sum(fc.by_process.values()) - idle * fc.seconds)
+            log(f"icount {variant} {flow}: background {idle / 1e6:.2f} M instructions/s subtracted")
             if fc.units < fc.asked:
                 # Failed calls leave retransmissions behind: the figure is not one call's.
                 fc.note = f"{fc.asked - fc.units} of {fc.asked} failed: figure not valid"
