@@ -15,7 +15,8 @@ APT_PACKAGES=(
   iproute2 nftables nginx coturn prometheus openssl redis-sentinel python3-dev
 )
 # make bench's WebRTC media section runs the same calls through Janus (SIP plugin).
-BENCH_APT_PACKAGES=(janus)
+# python -m bench.icount (instructions per call, issue 14) runs Kamailio under valgrind.
+BENCH_APT_PACKAGES=(janus valgrind)
 case "${1:-}" in
   --bench) APT_PACKAGES+=("${BENCH_APT_PACKAGES[@]}") ;;
   "") ;;
