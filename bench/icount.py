@@ -10,11 +10,12 @@ variants, one SIP message in, one out) over that window:
 
     Ir per call = (Ir over the flow - idle Ir per second x the flow's seconds) / calls
 
-`python -m bench.icount` (or BENCH_ICOUNT=1 make bench adds it to the report).
-Settings: ICOUNT_FLOWS (out,in,reg,wsreg), ICOUNT_CALLS (200), ICOUNT_RATE
-(calls/s, 4: valgrind runs Kamailio ~50x slower), ICOUNT_APP (a KEMI entry file to count instead of kemi/app.py), ICOUNT_WS (connections x REGISTERs each for wsreg, "50x10"),
-ICOUNT_VARIANTS (kemi,native), ICOUNT_DUMP=1 (callgrind files of the last
-flow for callgrind_annotate, in the run directory).
+`python -m bench.icount` (bench/NOTES.md has its figures).
+Settings: ICOUNT_FLOWS (out,in,reg,wsreg), ICOUNT_CALLS (200), ICOUNT_RATE (calls/s,
+4: valgrind runs Kamailio ~50x slower), ICOUNT_WS (connections x REGISTERs each for
+wsreg, "50x10"), ICOUNT_VARIANTS (kemi,native), ICOUNT_DUMP=1 (callgrind files of each
+flow for callgrind_annotate, in the run directory); experiments: ICOUNT_APP (a KEMI
+entry file counted instead of kemi/app.py), BENCH_KEMI_CFG (a kamailio.cfg to run it).
 """
 from __future__ import annotations
 

@@ -43,9 +43,7 @@ FLOOD_BAN = "gwban"        # htable: sources blocked for 60 s
 AVP_BINDING = "$avp(gw_binding)"
 AVP_REQ_EXPIRES = "$avp(gw_req_expires)"
 AVP_INVITE_T0 = "$avp(gw_invite_t0)"   # when an initial INVITE arrived, for setup time
-# "<1 if Digest credentials came, else 0> <the phone's address> <DN>" (neither
-# holds a space): the reply route counts a refusal of that phone's credentials.
-AVP_AUTH = "$avp(gw_auth)"
+AVP_AUTH = "$avp(gw_auth)"   # "<Digest credentials 1|0> <phone's address> <DN>": refusals counted
 _CREDENTIAL_COUNTS = tuple((name, f"$hdrc({name})") for name in authguard.CREDENTIAL_HEADERS)
 SDP_VAR = "$var(gw_sdp)"               # the SDP rtpengine reads (kamailio.cfg: read_sdp_pv)
 SHV_CN = "gw_cn"                        # kamailio.cfg shvset: the CN path, for gwctl doctor
@@ -302,7 +300,9 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
                  outcome="unchecked", error=exc)
             return True
         # The Contact only tells a registered phone apart (authguard.registered_phone).
-        contact = None if binding is None else next(iter(bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))), None)
+        contact = None
+        if binding is not None:
+            contact = next(iter(bindings.parse_contacts(_pv("$(hdr(Contact)[*])"))), None)
         return self._auth_allowed(user, src, binding, bans, had_credentials, contact)
 
     def _auth_allowed(self, user: str, src: str, binding: Binding | None, bans: authguard.Bans,
@@ -485,7 +485,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             # gone, fail now instead of trying to connect to it.
             KSR.set_forward_no_connect()
         if KSR.tm.t_relay() > 0:
-            _log("info", "relay", method=method, dst=KSR.kx.get_duri() or KSR.kx.get_ruri(), outcome="relayed")
+            _log("info", "relay", method=method, dst=KSR.kx.get_duri() or KSR.kx.get_ruri(),
+                 outcome="relayed")
         else:
             if to_phone:
                 code, reason = 480, "Temporarily Unavailable"
@@ -509,8 +510,8 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
         else:
             op = Op.OFFER
             KSR.setflag(FL_REQ_SDP)
-        rc = _rtpengine(op, media.flag_text(op is Op.OFFER, receiver is Side.PHONE, sender is Side.PHONE, self.cn),
-                        sender, self.cn)
+        flags = media.flag_text(op is Op.OFFER, receiver is Side.PHONE, sender is Side.PHONE, self.cn)
+        rc = _rtpengine(op, flags, sender, self.cn)
         if rc > 0:
             KSR.setflag(FL_MEDIA)
             return True
@@ -545,12 +546,12 @@ class Gateway(wsguard.ConnectionGuard, pbxroute.PbxRouting, Reroute,
             # The reply goes back to whoever sent the request.
             to_phone = bool(flags & (1 << FL_FROM_WS))
             from_phone = _msg.ws or bool(flags & (1 << FL_TO_PEER_PHONE))
-            offer = not flags & (1 << FL_REQ_SDP)
-            rc = _rtpengine(Op.OFFER if offer else Op.ANSWER, media.flag_text(offer, to_phone, from_phone, self.cn),
+            op = Op.ANSWER if flags & (1 << FL_REQ_SDP) else Op.OFFER
+            rc = _rtpengine(op, media.flag_text(op is Op.OFFER, to_phone, from_phone, self.cn),
                             Side.PHONE if from_phone else Side.PBX, self.cn)
             if rc < 0:
                 metrics.RTPENGINE_ERRORS.inc()
-                _log("err", "media.reply_failed", method=method, status=status, op="offer" if offer else "answer")
+                _log("err", "media.reply_failed", method=method, status=status, op=op.value)
         if 200 <= status < 300 and method == "INVITE":
             self._count_answered(flags)
         return 1

@@ -150,7 +150,8 @@ class BindingStore:
         index entry (kemi/reconnect.py), one round trip."""
         ttl = max(expires, 1)
         self._pipeline(("SET", key(user), record, "EX", ttl),
-                       ("SET", contact_key(contact), ContactIndex(user, contact, instance).to_json(), "EX", ttl))
+                       ("SET", contact_key(contact), ContactIndex(user, contact, instance).to_json(),
+                        "EX", ttl))
 
     def delete(self, user: str) -> None:
         """The binding and the index entry of its Contact."""
