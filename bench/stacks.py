@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -63,13 +64,23 @@ def _bindable(host: str, port: int, tcp: bool) -> bool:
     return True
 
 
+# Ports handed out lately: a SIP port and a SIPp media range drawn one after
+# the other are both free until SIPp binds them, so without this memory two
+# draws can overlap and SIPp exits at once ("Unable to bind audio RTP socket").
+_HANDED: deque[tuple[str, int, int]] = deque(maxlen=256)
+
+
 def free_ports(host: str, count: int = 1, tcp: bool = True) -> int:
     """The first of `count` consecutive ports free on `host` (UDP and TCP), in
-    PORT_LO..PORT_HI (SIPp binds media at -mp and -mp+2)."""
+    PORT_LO..PORT_HI (SIPp binds media at -mp and -mp+2), overlapping no range
+    handed out lately."""
     import random
     for _ in range(500):
         base = random.randrange(PORT_LO, PORT_HI - count)
+        if any(h == host and base < hi and lo < base + count for h, lo, hi in _HANDED):
+            continue
         if all(_bindable(host, p, tcp) for p in range(base, base + count)):
+            _HANDED.append((host, base, base + count))
             return base
     raise stack.StartError(f"no {count} consecutive free ports on {host}")
 
