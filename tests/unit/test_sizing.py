@@ -13,7 +13,7 @@ def test_default_node_carries_10000_agents():
     peak = (sizing.BASE_SHM_BYTES + s.tcp_max_connections * sizing.TCP_CONN_BYTES
             + s.max_agents * sizing.WS_CONN_BYTES)
     assert s.shm_mb * MB - peak >= s.shm_reserve_bytes
-    assert s.shm_mb == 1344 and s.shm_mb % 64 == 0
+    assert s.shm_mb == 1472 and s.shm_mb % 64 == 0
     assert s.nofile == 12500 + sizing.BASE_FDS
     assert 0.6 < s.shm_refuse_ratio < 0.75
 
