@@ -13,7 +13,6 @@ numbers or SSRCs; PT 13 arriving at the phone is counted apart.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import resource
 import select
 import socket
@@ -21,6 +20,8 @@ import struct
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from bench import workers
 
 PTIME = 0.020
 PAYLOAD = 160
@@ -225,27 +226,13 @@ def run(legs: list[Leg], warm: float, seconds: float, procs: int = 2,
     """Send and count for warm + seconds; `on_window(start, end)` is called at
     the start of the measured window (after warm-up) and again at its end, so
     the caller can read CPU counters exactly over it."""
-    procs = max(1, min(procs, len(legs)))
-    chunks = [legs[k::procs] for k in range(procs)]
-    ctx = mp.get_context("fork")
-    t_start = time.monotonic() + 0.3
-    workers = []
-    for chunk in chunks:
-        parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(chunk, t_start, warm, seconds, child), daemon=True)
-        p.start()
-        child.close()
-        workers.append((p, parent))
+    t_start, running = workers.start(_worker, legs, procs, warm, seconds)
     if on_window is not None:
         time.sleep(max(t_start + warm - time.monotonic(), 0))
         on_window("start")
         time.sleep(max(t_start + warm + seconds - time.monotonic(), 0))
         on_window("end")
     total = GenResult()
-    for p, parent in workers:
-        if parent.poll(warm + seconds + 30):
-            total.add(parent.recv())
-        p.join(5)
-        if p.is_alive():
-            p.kill()
+    for part in workers.results(running, warm + seconds + 30):
+        total.add(part)
     return total

@@ -11,7 +11,6 @@ receives what the other leg sent. Loss = 1 - received / sent, counted after a dr
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import re
 import resource
@@ -22,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from bench import workers
 from kemi import media
 from kemi.ng import NgClient
 
@@ -89,7 +89,7 @@ def _receive(ep: select.epoll, by_fd: dict, buf: bytearray, timeout: float) -> i
     return received
 
 
-def _worker(legs: list[tuple[socket.socket, socket.socket]], seconds: float, t_start: float,
+def _worker(legs: list[tuple[socket.socket, socket.socket]], t_start: float, seconds: float,
             conn: Any) -> None:
     """Send on every leg each 20 ms, receive on all of them in between."""
     assert seconds / PTIME < 65000, "RTP sequence numbers would wrap"
@@ -194,26 +194,11 @@ def _send_and_count(legs: list[tuple[socket.socket, socket.socket]], procs: int,
                     rtpengine_cpu) -> None:
     """Media for res.seconds from `procs` forked workers; their counts, and rtpengine's CPU."""
     seconds = res.seconds
-    procs = max(1, min(procs, len(legs)))
-    chunks = [legs[k::procs] for k in range(procs)]
-    ctx = mp.get_context("fork")
-    t_start = time.monotonic() + 0.3
-    workers = []
-    for chunk in chunks:
-        parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(chunk, seconds, t_start, child), daemon=True)
-        p.start()
-        child.close()
-        workers.append((p, parent))
+    _, running = workers.start(_worker, legs, procs, seconds)
     cpu0 = rtpengine_cpu()
-    for p, parent in workers:
-        if parent.poll(seconds + 30):
-            sent, received, late, cpu = parent.recv()
-            res.sent += sent
-            res.received += received
-            res.late_ticks = max(res.late_ticks, late)
-            res.generator_cpu += cpu
-        p.join(5)
-        if p.is_alive():
-            p.kill()
+    for sent, received, late, cpu in workers.results(running, seconds + 30):
+        res.sent += sent
+        res.received += received
+        res.late_ticks = max(res.late_ticks, late)
+        res.generator_cpu += cpu
     res.rtpengine_cpu = rtpengine_cpu() - cpu0
