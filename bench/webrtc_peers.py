@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import socket
 import threading
@@ -127,18 +126,13 @@ class SipUas:
         self.sock.close()
 
     def _loop(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            try:
-                self._handle(data.decode(errors="replace"), addr)
-            except Exception as exc:  # noqa: BLE001 - recorded for the report
-                self.errors.append(repr(exc))
+        stack.receive_loop(self.sock, lambda: not self._stop.is_set(), self._datagram)
+
+    def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            self._handle(data.decode(errors="replace"), addr)
+        except Exception as exc:  # noqa: BLE001 - recorded for the report
+            self.errors.append(repr(exc))
 
     def _handle(self, text: str, addr: tuple[str, int]) -> None:
         head, _, body = text.partition("\r\n\r\n")

@@ -119,6 +119,22 @@ def sip_options(host: str, port: int, timeout: float = 0.5, proto: str = "udp") 
     return data.split("\r\n", 1)[0]
 
 
+def receive_loop(sock: socket.socket, running: Callable[[], bool],
+                 handle: Callable[[bytes, tuple[str, int]], None]) -> None:
+    """Datagrams to `handle` until `running()` turns false or the socket is closed:
+    the one loop of the SIP peers the tests and the bench play (0.2 s ticks, so
+    a stop is noticed without a packet)."""
+    sock.settimeout(0.2)
+    while running():
+        try:
+            data, addr = sock.recvfrom(65535)
+        except socket.timeout:
+            continue
+        except OSError:
+            return
+        handle(data, addr)
+
+
 def wait_for(check: Callable[[], bool], timeout: float, what: str,
              proc: Optional["Daemon"] = None) -> None:
     deadline = time.monotonic() + timeout

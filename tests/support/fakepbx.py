@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from gw import stack
 from support import sipmsg
 from support.sipmsg import Msg
 from support.wsphone import digest_response, parse_challenge
@@ -119,29 +120,24 @@ class FakePbx:
             pass
 
     def _run(self) -> None:
-        self.sock.settimeout(0.2)
-        while not self._closed:
-            try:
-                data, addr = self.sock.recvfrom(65535)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if self.dark:
-                self.dropped += 1
-                continue
-            try:
-                msg = sipmsg.parse(data)
-                if msg.is_request:
-                    self._on_request(msg, addr)
-                else:
-                    num, method = msg.cseq
-                    with self._lock:
-                        waiter = self._waiters.get((msg.call_id, num, method))
-                    if waiter is not None:
-                        waiter.put(msg)
-            except Exception:  # a malformed packet must not kill the emulator
-                continue
+        stack.receive_loop(self.sock, lambda: not self._closed, self._datagram)
+
+    def _datagram(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.dark:
+            self.dropped += 1
+            return
+        try:
+            msg = sipmsg.parse(data)
+            if msg.is_request:
+                self._on_request(msg, addr)
+            else:
+                num, method = msg.cseq
+                with self._lock:
+                    waiter = self._waiters.get((msg.call_id, num, method))
+                if waiter is not None:
+                    waiter.put(msg)
+        except Exception:  # a malformed packet must not kill the emulator
+            return
 
     def _expect(self, call_id: str, cseq: int, method: str) -> queue.Queue:
         q: queue.Queue = queue.Queue()
