@@ -155,31 +155,31 @@ def parse_statistics(result: object) -> dict[str, int]:
     return out
 
 
+def _by_label(name: str, doc: str, label: str, values: dict[str, int], other: int) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=[label])
+    for key, n in values.items():
+        family.add_metric([key], n)
+    family.add_metric(["other"], other)
+    return family
+
+
 def kamailio_families(stats: dict[str, int]) -> Iterable[object]:
     """The per-message counters and the call counters, from Kamailio's statistics."""
     def get(name: str) -> int:
         return stats.get(name, 0)
 
-    requests = CounterMetricFamily("gateway_sip_requests", "SIP requests received, by method",
-                                   labels=["method"])
-    known = 0
-    for m in METHODS:
-        n = get(f"core:rcv_requests_{m.lower()}")
-        known += n
-        requests.add_metric([m], get(f"script:{OPTIONS_STAT}") if m == "OPTIONS" else n)
-    requests.add_metric(["other"], max(get("core:rcv_requests") - known - get(f"script:{HTTP_STAT}"), 0))
-    yield requests
-
-    replies = CounterMetricFamily("gateway_sip_replies", "SIP replies sent or relayed, by class",
-                                  labels=["code_class"])
-    known = 0
-    for c in CLASSES:
-        received = get(f"core:rcv_replies_{c}")
-        known += received
-        replies.add_metric([c], received + get(f"script:{REPLY_STATS[c]}"))
-    replies.add_metric(["other"], max(get("core:rcv_replies") - known, 0)
-                       + get(f"script:{REPLY_STATS['other']}"))
-    yield replies
+    # Kamailio counts what it received per method and reply class. OPTIONS and the
+    # app's stateless replies come from the app's statistics variables: every
+    # rtimer run is a faked OPTIONS to the core.
+    received = {m: get(f"core:rcv_requests_{m.lower()}") for m in METHODS}
+    yield _by_label("gateway_sip_requests", "SIP requests received, by method", "method",
+                    {m: get(f"script:{OPTIONS_STAT}") if m == "OPTIONS" else n for m, n in received.items()},
+                    max(get("core:rcv_requests") - sum(received.values()) - get(f"script:{HTTP_STAT}"), 0))
+    relayed = {c: get(f"core:rcv_replies_{c}") for c in CLASSES}
+    yield _by_label("gateway_sip_replies", "SIP replies sent or relayed, by class", "code_class",
+                    {c: n + get(f"script:{REPLY_STATS[c]}") for c, n in relayed.items()},
+                    max(get("core:rcv_replies") - sum(relayed.values()), 0)
+                    + get(f"script:{REPLY_STATS['other']}"))
 
     calls = CounterMetricFamily("gateway_calls", "Calls answered (2xx to an initial INVITE)",
                                 labels=["direction"])
