@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import socket
 import ssl
 import time
 import urllib.request
@@ -19,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from conftest import _start_stack, _stop_stack
-from gw import stack as gwstack
 from support import wsfleet
 from support.fakepbx import FakePbx
-from test_deploy_configs import DEPLOY, make_cert, need, render_nginx_template, wait_for
+from test_deploy_configs import DEPLOY, loopback_site, make_cert, need, tls_handshake, wait_for
+from test_deploy_configs import procs  # noqa: F401 - the fixture that ends the daemons it started
 
 FLOOD = 5000
 
@@ -235,40 +234,14 @@ def test_shipped_nginx_sized_for_a_node():
 def nginx_front(gw, tmp_path, procs):
     nginx = need("nginx")
     cert, key = make_cert(tmp_path)
-    port = gwstack.free_port(kind=socket.SOCK_STREAM)
-    text = render_nginx_template({
+    site, port = loopback_site(tmp_path, {
         "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key), "GW_WS_UPSTREAM": str(gw.cfg.ws_listen),
         "GW_MONITORING_CIDR": "127.0.0.0/8", "GW_WS_MAX_PER_IP": str(gw.cfg.ws_max_per_ip)})
-    text = text.replace("    listen 8443 ssl;", f"    listen 127.0.0.1:{port} ssl;")
-    text = text.replace("    listen [::]:8443 ssl;", "")
-    site = tmp_path / "gateway.conf"
-    site.write_text(text)
     conf = shipped_nginx_conf(tmp_path, site)
     proc = procs("nginx", [nginx, "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")])
     ctx = ssl.create_default_context(cafile=str(cert))
-
-    def tls_ready():
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            with ctx.wrap_socket(s, server_hostname="localhost"):
-                return True
-
-    wait_for(tls_ready, proc, f"nginx TLS on 127.0.0.1:{port}")
+    wait_for(lambda: tls_handshake(port, ctx), proc, f"nginx TLS on 127.0.0.1:{port}")
     return ("127.0.0.1", port), ctx, proc
-
-
-@pytest.fixture
-def procs(tmp_path):
-    from test_deploy_configs import Proc
-    started: list = []
-
-    def start(name, argv):
-        p = Proc(name, argv, tmp_path)
-        started.append(p)
-        return p
-
-    yield start
-    for p in reversed(started):
-        p.stop()
 
 
 def test_flood_through_nginx(gw, nginx_front):

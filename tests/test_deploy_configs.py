@@ -197,6 +197,25 @@ def render_nginx_template(values: dict[str, str]) -> str:
     return text
 
 
+def loopback_site(tmp: Path, values: dict[str, str]) -> tuple[Path, int]:
+    """The shipped site rendered with `values`, listening on a free loopback port
+    only (the template's 8443 on every address is for production)."""
+    port = stack.free_port(kind=socket.SOCK_STREAM)
+    text = render_nginx_template(values)
+    text = text.replace("    listen 8443 ssl;", f"    listen 127.0.0.1:{port} ssl;")
+    text = text.replace("    listen [::]:8443 ssl;", "")
+    site = tmp / "gateway.conf"
+    site.write_text(text)
+    return site, port
+
+
+def tls_handshake(port: int, ctx: ssl.SSLContext) -> bool:
+    """nginx's readiness, by protocol: a TLS handshake with the test certificate."""
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+        with ctx.wrap_socket(s, server_hostname="localhost"):
+            return True
+
+
 def make_cert(tmp: Path) -> tuple[Path, Path]:
     cert, key = tmp / "fullchain.pem", tmp / "privkey.pem"
     r = run([need("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -314,30 +333,19 @@ def test_nginx_wss_proxy_live(tmp_path, procs):
     nginx = need("nginx")
     cert, key = make_cert(tmp_path)
     upstream = FakeGateway()
-    port = stack.free_port(kind=socket.SOCK_STREAM)
-    text = render_nginx_template({
-        "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
-        "GW_WS_UPSTREAM": f"127.0.0.1:{upstream.port}",
-        "GW_MONITORING_CIDR": "192.0.2.0/24",  # loopback is NOT a monitoring network here
-        "GW_WS_MAX_PER_IP": "1000"})
-    listens = re.findall(r"^\s*listen .*;$", text, re.M)
+    values = {"GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
+              "GW_WS_UPSTREAM": f"127.0.0.1:{upstream.port}",
+              "GW_MONITORING_CIDR": "192.0.2.0/24",  # loopback is NOT a monitoring network here
+              "GW_WS_MAX_PER_IP": "1000"}
+    listens = re.findall(r"^\s*listen .*;$", render_nginx_template(values), re.M)
     assert listens == ["    listen 8443 ssl;", "    listen [::]:8443 ssl;"], listens
-    text = text.replace("    listen 8443 ssl;", f"    listen 127.0.0.1:{port} ssl;")
-    text = text.replace("    listen [::]:8443 ssl;", "")
-    site = tmp_path / "gateway.conf"
-    site.write_text(text)
+    site, port = loopback_site(tmp_path, values)
+    text = site.read_text()
     conf = nginx_main_conf(tmp_path, site)
     proc = procs("nginx", [nginx, "-c", str(conf), "-p", str(tmp_path), "-e", str(tmp_path / "error.log")])
-
     ctx = ssl.create_default_context(cafile=str(cert))
-
-    def tls_ready():
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            with ctx.wrap_socket(s, server_hostname="localhost"):
-                return True
-
     try:
-        wait_for(tls_ready, proc, f"nginx TLS handshake on 127.0.0.1:{port}")
+        wait_for(lambda: tls_handshake(port, ctx), proc, f"nginx TLS handshake on 127.0.0.1:{port}")
 
         def get(path: str) -> tuple[int, str]:
             c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)

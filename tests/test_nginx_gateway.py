@@ -28,7 +28,7 @@ from support import relstack
 from support.fakepbx import FakePbx
 from support.wsphone import WsPhone
 from test_auth_guard import ban_lines
-from test_deploy_configs import make_cert, need, nginx_main_conf, render_nginx_template
+from test_deploy_configs import loopback_site, make_cert, need, nginx_main_conf, tls_handshake
 
 BASE = ARTIFACTS / "nginx_gateway"
 ORIGIN = "https://agents.example.com"
@@ -47,14 +47,9 @@ def front():
     proc = None
     try:
         cert, key = make_cert(BASE / "nginx")
-        port = stack.free_port(kind=socket.SOCK_STREAM)
-        text = render_nginx_template({
+        site, port = loopback_site(BASE / "nginx", {
             "GW_TLS_CERT": str(cert), "GW_TLS_KEY": str(key),
             "GW_WS_UPSTREAM": str(s.cfg.ws_listen), "GW_MONITORING_CIDR": f"{MONITOR}/32"})
-        text = text.replace("    listen 8443 ssl;", f"    listen 127.0.0.1:{port} ssl;")
-        text = text.replace("    listen [::]:8443 ssl;", "")
-        site = BASE / "nginx" / "gateway.conf"
-        site.write_text(text)
         conf = nginx_main_conf(BASE / "nginx", site)
         proc = stack.Daemon("nginx", [nginx, "-c", str(conf), "-p", str(BASE / "nginx"),
                                       "-e", str(BASE / "nginx" / "error.log")],
@@ -63,9 +58,7 @@ def front():
 
         def tls_ready() -> bool:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
-                    with ctx.wrap_socket(raw, server_hostname="127.0.0.1"):
-                        return True
+                return tls_handshake(port, ctx)
             except OSError:
                 return False
         stack.wait_for(tls_ready, 10, "nginx", proc)

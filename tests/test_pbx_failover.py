@@ -6,7 +6,6 @@ within the same transaction. The agent is the WebSocket test phone."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import subprocess
@@ -20,7 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import Stack, _start_stack, _stop_stack, wait_until
 from gw import stack
 from support.fakepbx import FakePbx
-from support.wsphone import WsPhone, webrtc_sdp
+from support.agentcalls import call_in
+from support.agentcalls import call_out_timed as call_out
+from support.wsphone import WsPhone
+from test_ops_metrics import http_get
 
 PROBE_S = 1          # GW_PBX_PROBE for these stacks: state changes show within seconds
 ANSWER_WITHIN_S = 8  # the issue's bound for the first call after a PBX goes dark
@@ -35,24 +37,14 @@ class TwoPbx:
         return self.gw.sip.host, self.gw.sip.port
 
     def health(self) -> tuple[int, dict]:
-        conn = http.client.HTTPConnection(self.gw.cfg.ws_listen.host, self.gw.cfg.ws_listen.port, timeout=5)
-        try:
-            conn.request("GET", "/health")
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        finally:
-            conn.close()
+        status, body, _ = http_get(self.gw, "/health")
+        return status, json.loads(body)
 
     def state(self, pbx: FakePbx) -> str:
         return self.health()[1]["dependencies"][f"pbx {pbx.host}:{pbx.port}"]
 
     def gateway_up(self) -> dict[str, float]:
-        conn = http.client.HTTPConnection(self.gw.cfg.ws_listen.host, self.gw.cfg.ws_listen.port, timeout=5)
-        try:
-            conn.request("GET", "/metrics")
-            body = conn.getresponse().read().decode()
-        finally:
-            conn.close()
+        _, body, _ = http_get(self.gw, "/metrics")
         fams = {f.name: f for f in text_string_to_metric_families(body)}
         return {s.labels["dependency"]: s.value for s in fams["gateway_up"].samples}
 
@@ -86,27 +78,6 @@ def registers(pbx: FakePbx) -> int:
     return len(pbx.requests("REGISTER"))
 
 
-async def call_out(phone: WsPhone) -> tuple[int, float, str]:
-    """The agent calls the PBX, hangs up once answered: (status, seconds to the final answer, Call-ID)."""
-    t0 = time.monotonic()
-    call = await phone.invite("sip:2000@pbx.test", webrtc_sdp(), timeout=15)
-    elapsed = time.monotonic() - t0
-    status = call.response.status if call.response is not None else 0
-    if status == 200:
-        assert (await call.bye()).status == 200
-    return status, elapsed, call.call_id
-
-
-async def call_in(env: TwoPbx, pbx: FakePbx, phone: WsPhone) -> int:
-    """The PBX calls the agent's DN through the gateway; the phone answers."""
-    call = await asyncio.to_thread(pbx.call, env.gw_addr, phone.user)
-    if call.status == 200:
-        got = await phone.wait_incoming(5)
-        await got.wait_confirmed()
-        assert await asyncio.to_thread(call.bye) == 200
-    return call.status
-
-
 def test_first_pbx_up_takes_everything_and_a_dark_one_fails_over(two_pbx):
     env = two_pbx
     a, b = env.a, env.b
@@ -123,8 +94,8 @@ def test_first_pbx_up_takes_everything_and_a_dark_one_fails_over(two_pbx):
             status, _, cid = await call_out(phone)
             assert status == 200 and cid in invites(a) and cid not in invites(b)
             # Both PBXs may call the agent (each is a trusted source).
-            assert await call_in(env, a, phone) == 200
-            assert await call_in(env, b, phone) == 200
+            assert await call_in(a, env.gw_addr, phone) == 200
+            assert await call_in(b, env.gw_addr, phone) == 200
 
             # A goes dark. The very next call still rings through: A gets no
             # answer in time, the same transaction moves on to B.
@@ -170,7 +141,7 @@ def test_first_pbx_up_takes_everything_and_a_dark_one_fails_over(two_pbx):
             print(f"A marked down: REGISTER via B in {reg_s:.2f}s, call via B answered in {elapsed:.2f}s")
             assert status == 200 and cid in invites(b) and reg_s < 1 and elapsed < 1
             # B calls the agent it now holds the registration of.
-            assert await call_in(env, b, phone) == 200
+            assert await call_in(b, env.gw_addr, phone) == 200
 
             # A comes back and takes over new calls again.
             a.dark = False

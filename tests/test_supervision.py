@@ -11,7 +11,6 @@ until the test lets go."""
 from __future__ import annotations
 
 import asyncio
-import http.client
 import json
 import os
 import signal
@@ -25,9 +24,11 @@ import pytest
 
 from conftest import wait_until
 from gw import stack
+from support.agentcalls import call_in, call_out
 from support.fakepbx import FakePbx
 from support.makerun import MakeRun, alive, descendants
-from support.wsphone import WsPhone, webrtc_sdp
+from support.wsphone import WsPhone
+from test_ops_metrics import http_get
 
 CALLS_BACK_WITHIN_S = 30   # the issue's bound for calls after an rtpengine restart
 RESTART_WITHIN_S = 2
@@ -68,14 +69,17 @@ class OptionsWatch:
         self._thread.join(5)
 
 
-def health(run: MakeRun) -> tuple[int, dict]:
-    conn = http.client.HTTPConnection(run.cfg.ws_listen.host, run.cfg.ws_listen.port, timeout=5)
+def run_then_close(scenario, pbx: FakePbx) -> None:
+    """Run a test's async scenario; its PBX emulator is closed whatever happens."""
     try:
-        conn.request("GET", "/health")
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
+        asyncio.run(scenario)
     finally:
-        conn.close()
+        pbx.close()
+
+
+def health(run: MakeRun) -> tuple[int, dict]:
+    status, body, _ = http_get(run, "/health")
+    return status, json.loads(body)
 
 
 def hold_port(kind: int, host: str, port: int, timeout: float = 0.4) -> socket.socket:
@@ -97,23 +101,6 @@ def hold_port(kind: int, host: str, port: int, timeout: float = 0.4) -> socket.s
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.005)
-
-
-async def call_out(phone: WsPhone) -> int:
-    call = await phone.invite("sip:2000@pbx.test", webrtc_sdp(), timeout=10)
-    status = call.response.status if call.response is not None else 0
-    if status == 200:
-        assert (await call.bye()).status == 200
-    return status
-
-
-async def call_in(run: MakeRun, pbx: FakePbx, phone: WsPhone) -> int:
-    call = await asyncio.to_thread(pbx.call, run.sip, phone.user)
-    if call.status == 200:
-        got = await phone.wait_incoming(5)
-        await got.wait_confirmed()
-        assert await asyncio.to_thread(call.bye) == 200
-    return call.status
 
 
 async def first_call_that_works(phone: WsPhone, since: float, limit: float) -> tuple[float, list[int]]:
@@ -176,14 +163,11 @@ def test_rtpengine_killed_is_restarted_and_calls_come_back(run: MakeRun):
             # Kamailio never went away: the phone's WebSocket is the one it registered on.
             assert run.daemons()["kamailio"] == kamailio
             assert not phone.closed.is_set()
-            assert await call_in(run, pbx, phone) == 200
+            assert await call_in(pbx, run.sip, phone) == 200
         finally:
             await phone.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        pbx.close()
+    run_then_close(go(), pbx)
     log = run.log()
     assert "was killed by SIGKILL" in log and "exited with status 255" in log
     assert "restarting in 0.5s" in log and "restarting in 1.0s" in log
@@ -230,17 +214,14 @@ def test_redis_killed_is_restarted_and_keeps_every_binding(run: MakeRun):
             assert after == before, "a binding was lost across the Redis restarts"
             assert not any(p.closed.is_set() for p in phones)
             for p in phones:
-                assert await call_in(run, pbx, p) == 200
+                assert await call_in(pbx, run.sip, p) == 200
                 assert await call_out(p) == 200
             assert (await phones[0].register()).status == 200
         finally:
             for p in phones:
                 await p.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        pbx.close()
+    run_then_close(go(), pbx)
     assert "redis-server (pid" in run.log() and "was killed by SIGKILL" in run.log()
 
 
@@ -272,14 +253,11 @@ def test_kamailio_killed_comes_back_and_phones_reregister(run: MakeRun):
         try:
             assert (await phone.register()).status == 200
             assert await call_out(phone) == 200
-            assert await call_in(run, pbx, phone) == 200
+            assert await call_in(pbx, run.sip, phone) == 200
         finally:
             await phone.close()
 
-    try:
-        asyncio.run(go())
-    finally:
-        pbx.close()
+    run_then_close(go(), pbx)
 
 
 @pytest.mark.parametrize("victim", ["make", "gw.run"])
