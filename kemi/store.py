@@ -105,23 +105,31 @@ class BindingStore:
         self._fast = None
         self._client = None
 
-    def _cmd(self, *args: str | bytes | int) -> resp.Reply:
-        """One hot-path command (kemi/resp.py), StoreError when it fails."""
+    def _conn(self) -> resp.Connection:
         if self._fast is None:
             self._fast = fast_connect(self._url)
+        return self._fast
+
+    def _cmd(self, *args: str | bytes | int) -> resp.Reply:
+        """One hot-path command (kemi/resp.py), StoreError when it fails."""
         try:
-            return self._fast.command(*args)
+            return self._conn().command(*args)
         except resp.RespError as exc:
             raise StoreError(f"redis {args[0]} {args[1]}: {exc}") from exc
 
     def _pipeline(self, *commands: tuple) -> None:
         """Hot-path commands in one round trip, StoreError when any fails."""
-        if self._fast is None:
-            self._fast = fast_connect(self._url)
         try:
-            self._fast.pipeline(*commands)
+            self._conn().pipeline(*commands)
         except resp.RespError as exc:
             raise StoreError(f"redis {commands[0][0]} {commands[0][1]}: {exc}") from exc
+
+    def _mget(self, keys: list[str]) -> list[Optional[bytes]]:
+        """MGET on the hot path: one value (or None) per key, StoreError otherwise."""
+        raw = self._cmd("MGET", *keys)
+        if not isinstance(raw, list) or len(raw) != len(keys):
+            raise StoreError(f"redis MGET {keys[0]}: unexpected reply {raw!r:.60}")
+        return raw
 
     def get(self, user: str) -> Optional[Binding]:
         raw = self._cmd("GET", key(user))
@@ -130,9 +138,7 @@ class BindingStore:
     def lookup(self, user: str, src_ip: str) -> tuple[Optional[Binding], authguard.Bans]:
         """The user's binding and the bans on (src_ip, user) and src_ip, in one
         round trip (MGET): all the success path pays for the failure limits."""
-        raw = self._cmd("MGET", key(user), *authguard.ban_keys(src_ip, user))
-        if not isinstance(raw, list) or len(raw) != 3:
-            raise StoreError(f"redis MGET {key(user)}: unexpected reply {raw!r:.60}")
+        raw = self._mget([key(user), *authguard.ban_keys(src_ip, user)])
         return (Binding.from_json(raw[0]) if raw[0] else None), authguard.Bans.parse(raw[1], raw[2])
 
     def auth_failure(self, limits: authguard.Limits, src_ip: str, user: str) -> authguard.Failure:
@@ -171,14 +177,9 @@ class BindingStore:
         pipelined round trips whatever the number of contacts."""
         if not contacts:
             return []
-        try:
-            client = self._redis()
-            raw_index = client.mget([contact_key(c) for c in contacts])
-            index = [_index(r) for r in raw_index]
-            users = [i.user for i in index if i is not None]
-            raw_bindings = dict(zip(users, client.mget([key(u) for u in users]))) if users else {}
-        except redis.RedisError as exc:
-            raise StoreError(f"redis find contacts: {exc}") from exc
+        index = [_index(r) for r in self._mget([contact_key(c) for c in contacts])]
+        users = [i.user for i in index if i is not None]
+        raw_bindings = dict(zip(users, self._mget([key(u) for u in users]))) if users else {}
         found: list[Optional[Binding]] = []
         for contact, entry in zip(contacts, index):
             raw = raw_bindings.get(entry.user) if entry is not None else None
