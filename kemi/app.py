@@ -9,7 +9,6 @@ call quality are pure modules next to them.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -25,13 +24,14 @@ import time  # noqa: E402
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import authguard, bindings, health, logfmt, media, metrics, reconnect, turn, wsguard  # noqa: E402
+from kemi import authguard, bindings, health, media, metrics, reconnect, turn, wsguard  # noqa: E402
 from kemi import pbx, pbxroute, qualityroute  # noqa: E402
 from kemi import settings as settings_mod  # noqa: E402
 from kemi.bindings import Binding  # noqa: E402
 from kemi.flags import (FL_AUTH_TRACK, FL_FROM_WS, FL_MEDIA, FL_PEER, FL_REQ_SDP,  # noqa: E402
                         FL_TO_PBX, FL_TO_PEER_PHONE)
 from kemi.flags import current as _msg  # noqa: E402
+from kemi.ksr_edge import log as _log, pv as _pv  # noqa: E402
 from kemi.media import Op, Side  # noqa: E402
 from kemi.ng import NgClient  # noqa: E402
 from kemi.reroute import Reroute  # noqa: E402
@@ -51,13 +51,6 @@ RETRY_AFTER_S = 5
 # The largest SIP message accepted: kamailio.cfg's tcp_rd_buf_size, the most a
 # TCP or WebSocket message can carry, so UDP gets the same limit (RFC 3261 513).
 MAX_MSG_BYTES = 16384
-
-
-def _log(level: str, event: str, **fields: object) -> None:
-    if "call_id" not in fields:
-        fields["call_id"] = KSR.kx.get_callid()
-    text = logfmt.line(event, **fields) + "\n"
-    {"err": KSR.err, "warn": KSR.warn, "dbg": KSR.dbg}.get(level, KSR.info)(text)
 
 
 def _reply(code: int, reason: str, event: str, retry_after: int | None = None, **fields: object) -> None:
@@ -84,11 +77,6 @@ def _rtpengine(op: Op, flags: str, sender: Side, cn: media.CnBlock) -> int:
     if rc < 0:
         rc = call(flags)
     return rc
-
-
-def _pv(name: str) -> str:
-    value = KSR.pv.get(name)
-    return "" if value is None else str(value)
 
 
 def mod_init() -> "Gateway":

@@ -11,14 +11,10 @@ from __future__ import annotations
 import KSR  # noqa: E402  (provided by app_python3)
 
 from kemi import logfmt, metrics, quality
+from kemi.ksr_edge import pv as _pv
 
 QUERY_VAR = "$var(gw_rtpq)"            # rtpengine's query reply (JSON) at a call's end
 DLG_CALL = "$dlg_var(gw_call)"         # direction, DN, caller's tag (quality.dlg_call)
-
-
-def _pv(name: str) -> str:
-    value = KSR.pv.get(name)
-    return "" if value is None else str(value)
 
 
 class QualityReport:

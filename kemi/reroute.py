@@ -14,26 +14,14 @@ from typing import Callable
 
 import KSR  # noqa: E402  (provided by app_python3)
 
-from kemi import logfmt, metrics, reconnect, settings as settings_mod
+from kemi import metrics, reconnect, settings as settings_mod
 from kemi.bindings import Binding
 from kemi.flags import FL_FROM_WS, FL_PEER, FL_TO_PEER_PHONE, current
+from kemi.ksr_edge import log as _log, pv as _pv
 from kemi.reconnect import Action
 from kemi.store import BindingStore, StoreError
 
 WAITING = "gwwait"         # htable: suspended requests waiting for their phone, by index:label
-
-
-def _pv(name: str) -> str:
-    value = KSR.pv.get(name)
-    return "" if value is None else str(value)
-
-
-def _log(level: str, event: str, **fields: object) -> None:
-    fields.setdefault("call_id", KSR.kx.get_callid())
-    if level == "warn":
-        KSR.warn(logfmt.line(event, **fields) + "\n")
-    else:
-        KSR.info(logfmt.line(event, **fields) + "\n")
 
 
 class Reroute:
