@@ -179,8 +179,10 @@ class Supervisor:
 
     def stop_all(self) -> None:
         for child in reversed(self.children):
-            running = not child.daemon.exited()
+            # An exit tick() noticed already took its group (_on_exit); one it has
+            # not seen yet (a Kamailio that died since) may still leave workers.
+            handled = child.restart_at is not None
             child.daemon.stop()
-            if running:  # an exited one's group went in _on_exit
+            if not handled:
                 self.kill(child.daemon)
         self.children.clear()

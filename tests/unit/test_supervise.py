@@ -142,10 +142,23 @@ def test_stop_all_stops_in_reverse_order_and_only_running_groups():
     for c in children:
         c.daemon.stop = (lambda name=c.service.name: order.append(name))  # type: ignore[method-assign]
     children[1].daemon.popen.returncode = -9     # exited, group already handled
+    sup.tick()
+    w.killed.clear()
     sup.stop_all()
     assert order == ["kamailio", "rtpengine", "redis-server"]
     assert w.killed == [children[2].daemon.pid, children[0].daemon.pid]
     assert sup.children == []
+
+
+def test_stop_all_takes_the_group_of_an_exit_not_yet_noticed():
+    """Kamailio's main process died after the last tick: its workers may still
+    hold the ports, so its group goes too."""
+    w = World()
+    sup = w.supervisor()
+    children = [sup.start(w.service(n)) for n in ("redis-server", "kamailio")]
+    children[1].daemon.popen.returncode = -9
+    sup.stop_all()
+    assert w.killed == [children[1].daemon.pid, children[0].daemon.pid]
 
 
 def test_start_fails_loudly_when_the_daemon_never_answers():
