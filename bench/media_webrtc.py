@@ -204,9 +204,11 @@ class Bench:
         cpu0 = proc_cpu(relay_pid)
         try:
             for i in range(calls):
+                # Listed first: a call whose set-up fails half-way still has
+                # sessions to delete at the end.
+                ids.append(f"{variant}-{tag}-{i}")
                 try:
                     legs.append(self._call(variant, f"{variant}-{tag}-{i}", i))
-                    ids.append(f"{variant}-{tag}-{i}")
                 except Exception as exc:  # noqa: BLE001 - counted and reported
                     st.setup_failed += 1
                     st.setup_error = st.setup_error or str(exc)[:300]
@@ -463,7 +465,7 @@ def report_md(res: dict) -> list[str]:
         rows.append([s.phase, s.variant, str(s.calls), f"{s.seconds:g}", f"{s.ms_per_call_s:.2f}",
                      f"{s.relay_cpu / s.seconds:.2f}", f"{s.us_per_packet:.1f}", f"{g.lost}/{g.sent_up + g.sent_down}",
                      str(g.calls_with_loss), str(g.cn_at_phone), str(s.setup_failed),
-                     f"{s.phone_cpu / s.seconds:.2f}", f"{g.cpu / (s.seconds + cfg.warm):.2f}", str(g.late_ticks),
+                     f"{s.phone_cpu / s.seconds:.2f}", f"{g.cpu / (g.ticks * media_gen.PTIME) if g.ticks else 0.0:.2f}", str(g.late_ticks),
                      ("yes" if s.clean else "no") + ("" if s.generator_ok else " (generator-limited)")])
     md += ["### Every step", "", _table(hdr, rows), ""]
     return md

@@ -171,7 +171,7 @@ def check_reg(bench: "Bench", s: BenchStack, expected: int) -> int:
         if rec.get("node") == str(s.sip) and rec.get("received", "").startswith(f"sip:{PHONE_IP}:") \
                 and rec.get("user") == u and int(rec.get("expires", 0)) == 600:
             good += 1
-    if "reg_record" not in bench.results.setdefault("reg_records", {}):
+    if s.variant not in bench.results.setdefault("reg_records", {}):
         sample = next((json.loads(v) for v in vals if v), None)
         bench.results["reg_records"][s.variant] = sample
     return max(expected - good, 0)
