@@ -28,7 +28,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -143,7 +142,7 @@ def sipp_flow(c: Counted, flow: str, n: int, rate: float, work: Path, inf: Path)
     return uac.result(n).successful
 
 
-def ws_flow(c: Counted, conns: int, per_conn: int, work: Path) -> tuple[int, float]:
+def ws_flow(c: Counted, conns: int, per_conn: int, work: Path) -> tuple[int, float, float]:
     """The storm on open connections (bench/regstorm.py), counted from its first
     REGISTER: the connect phase is zeroed away."""
     s = c.s
@@ -273,7 +272,7 @@ def run(base: Path, rtp=None, ng=None, media_ports=None, log=print) -> list[Flow
 
 
 def main() -> int:
-    from bench.run import table_text  # noqa: PLC0415 - the report's table style
+    from bench.report import table_text  # noqa: PLC0415 - the report's table style
     base = ROOT / "bench" / "_runs" / f"icount-{time.strftime('%Y%m%d-%H%M%S')}"
     base.mkdir(parents=True, exist_ok=True)
     counts = run(base)

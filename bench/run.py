@@ -58,8 +58,6 @@ from bench import connections, media_webrtc, ramp, regstorm, rtp, sipp, stacks  
 from bench.measure import idle_rate, machine_info, proc_cpu  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import report  # noqa: E402
-# bench.run's names from before the split, for code that imports them from here.
-from bench.report import details_md, summary_rows, table_md, table_text  # noqa: E402,F401
 from bench.stacks import PHONE_IP, BenchStack  # noqa: E402
 # Config, Step and Peak also under bench.run: results.pickle files of earlier runs
 # name them there (python -m bench --render).

@@ -260,10 +260,3 @@ def write_bindings(s: BenchStack, dns: list[str], phone_port: int, ttl: int = 72
         pipe.set(f"gw:reg:{dn}", json.dumps(rec, separators=(",", ":"), sort_keys=True), ex=ttl)
     pipe.execute()
     s.phone_port = phone_port
-
-
-def rtpengine_sessions(s: BenchStack) -> Optional[int]:
-    try:
-        return len(s.ng().list_calls())
-    except Exception:  # noqa: BLE001 - a probe
-        return None

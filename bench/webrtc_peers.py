@@ -89,14 +89,6 @@ class PhoneSide:
 
 
 # ------------------------------------------------------------------ SIP UAS (the PBX behind Janus)
-@dataclass
-class _Dialog:
-    call_id: str
-    to_tag: str
-    invite: str = ""
-    remote: Optional[tuple[str, int]] = None
-
-
 class SipUas:
     """Answers INVITE sip:<user>@... with the SDP of the socket registered for
     <user> (its media address then goes to `on_invite`), ACKs silently, BYE with
