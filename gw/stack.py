@@ -37,30 +37,40 @@ class StartError(RuntimeError):
 
 
 # ------------------------------------------------------------------ probes
+# Single ports (free_port) come from this band: below the kernel's ephemeral
+# range (32768-60999 here), so no outgoing socket takes one between the check and
+# the daemon's bind, and below the 20000-32000 free_port_range hands out for media.
+PORT_BAND = (12000, 20000)
+_handed: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
-    """A port free for both UDP and TCP on `host`."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        try:
-            with socket.socket(socket.AF_INET, other) as s:
-                s.bind((host, port))
-            return port
-        except OSError:
+    """A port free for both UDP and TCP on `host`, never one this process handed
+    out before (the first may not be bound yet when the second is asked for).
+    `kind` is kept for callers that name the protocol they need: both are checked."""
+    del kind
+    for _ in range(500):
+        port = random.randrange(*PORT_BAND)
+        if (host, port) in _handed:
             continue
-    raise StartError("no free port")
+        if _bindable(host, port, socket.SOCK_DGRAM) and _bindable(host, port, socket.SOCK_STREAM):
+            _handed.add((host, port))
+            return port
+    raise StartError(f"no free port in {PORT_BAND[0]}-{PORT_BAND[1] - 1} on {host}")
+
+
+def _bindable(host: str, port: int, kind: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def udp_port_free(port: int, host: str = "127.0.0.1") -> bool:
     """Can a UDP socket bind host:port right now?"""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind((host, port))
-        return True
-    except OSError:
-        return False
+    return _bindable(host, port, socket.SOCK_DGRAM)
 
 
 def free_port_range(count: int, host: str = "127.0.0.1") -> tuple[int, int]:
