@@ -70,8 +70,9 @@ class Binding:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> "Binding":
-        data = json.loads(text)
-        known = {f for f in cls.__dataclass_fields__}
+        # bytes from Redis: decoded here, json.loads would guess their encoding first
+        data = json.loads(text.decode() if type(text) is bytes else text)
+        known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

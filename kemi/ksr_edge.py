@@ -18,4 +18,7 @@ def log(level: str, event: str, **fields: object) -> None:
     if "call_id" not in fields:
         fields["call_id"] = KSR.kx.get_callid()
     text = logfmt.line(event, **fields) + "\n"
-    {"err": KSR.err, "warn": KSR.warn, "dbg": KSR.dbg}.get(level, KSR.info)(text)
+    if level == "info":
+        KSR.info(text)
+    else:
+        {"err": KSR.err, "warn": KSR.warn, "dbg": KSR.dbg}.get(level, KSR.info)(text)
