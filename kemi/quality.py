@@ -126,13 +126,45 @@ def _endpoint(ep: Any) -> str:
     return f"{ep['address']}:{ep.get('port', '')}"
 
 
-def _leg(tag: dict, side: str) -> Leg:
+def _counted(tag: dict) -> tuple[list[dict], list[dict], tuple[int, ...], int]:
+    """A tag's medias, its RTP streams (the first stream when none is marked RTP),
+    its SSRCs and the RTP packets rtpengine received from it. (Written for speed,
+    with the checks of _dicts/_int inline: every call's end runs it.)"""
     medias = _dicts(tag.get("medias"))
+    streams = []
+    for m in medias:
+        ss = m.get("streams")
+        if type(ss) is list:
+            streams += [s for s in ss if type(s) is dict]
+    rtp = []
+    ssrcs = set()
+    for s in streams:
+        flags = s.get("flags")
+        if type(flags) is list and "RTP" in flags:
+            rtp.append(s)
+        ssrc = s.get("SSRC")
+        if ssrc is not None:
+            ssrc = ssrc if type(ssrc) is int else _int(ssrc)
+            if ssrc is not None:
+                ssrcs.add(ssrc)
+    rtp = rtp or streams[:1]
+    packets = 0
+    for s in rtp:
+        stats = s.get("stats")
+        n = stats.get("packets") if type(stats) is dict else None
+        packets += (n if type(n) is int else _int(n) or 0) if n is not None else 0
+    return medias, rtp, tuple(sorted(ssrcs)), packets
+
+
+def _leg(tag: dict, side: str, detail: bool = True) -> Leg:
+    """One leg; without `detail` only what the call.quality line needs (side,
+    tag, SSRCs, packets): the line is written at every call's end, the rest only
+    for gwctl."""
+    medias, rtp, ssrcs, packets = _counted(tag)
+    if not detail:
+        return Leg(side, str(tag.get("tag") or ""), ssrcs=ssrcs, packets=packets)
     first = medias[0] if medias else {}
-    streams = [s for m in medias for s in _dicts(m.get("streams"))]
-    rtp = [s for s in streams if "RTP" in _list(s.get("flags"))] or streams[:1]
     head = rtp[0] if rtp else {}
-    ssrcs = tuple(sorted({v for v in (_int(s.get("SSRC")) for s in streams) if v is not None}))
     last = [v for v in (_int(s.get("last packet")) for s in rtp) if v]
     return Leg(
         side=side,
@@ -142,7 +174,7 @@ def _leg(tag: dict, side: str) -> Leg:
         peer=_endpoint(head.get("endpoint")),
         local=f"{head['local address']}:{head.get('local port', '')}" if head.get("local address") else "",
         ssrcs=ssrcs,
-        packets=sum(_int(_dict(s.get("stats")).get("packets")) or 0 for s in rtp),
+        packets=packets,
         errors=sum(_int(_dict(s.get("stats")).get("errors")) or 0 for s in rtp),
         last_packet=max(last) if last else None,
         crypto=str(head.get("crypto suite") or ""),
@@ -171,17 +203,19 @@ def _figures(entry: dict) -> Figures:
     )
 
 
-def parse(reply: dict, call_id: str = "", caller_tag: str = "", caller_side: str = "") -> CallQuality:
+def parse(reply: dict, call_id: str = "", caller_tag: str = "", caller_side: str = "",
+          detail: bool = True) -> CallQuality:
     """The legs and figures of one call from an ng `query` (or `delete`) reply.
 
     A leg is told apart by its protocol; when both legs look alike (a plain
-    SIP phone), the caller's From-tag and which side called decide."""
+    SIP phone), the caller's From-tag and which side called decide. Without
+    `detail` the legs carry only what the call.quality line needs (_leg)."""
     tags = [t for t in _dict(reply.get("tags")).values() if isinstance(t, dict) and _dicts(t.get("medias"))]
     sides = [_side_of(t) for t in tags]
     if caller_tag and caller_side in SIDES and (len(set(sides)) < len(sides) or "?" in sides):
         other = PBX if caller_side == PHONE else PHONE
         sides = [caller_side if str(t.get("tag")) == caller_tag else other for t in tags]
-    legs = tuple(_leg(t, s) for t, s in zip(tags, sides))
+    legs = tuple(_leg(t, s, detail) for t, s in zip(tags, sides))
     came_from: dict[str, Figures] = {}
     ssrc_stats = _dict(reply.get("SSRC"))
     for reporter in legs:
@@ -252,6 +286,19 @@ def dlg_call(direction: str, dn: str, from_tag: str) -> str:
     return json.dumps([direction, dn or "", from_tag or ""])
 
 
+def queue_key(call_id: str, dlg_value: str, start_ts: Any, answered: bool, ended: float) -> str:
+    """What at_end needs besides rtpengine's reply, in one string (kemi/qualityroute.py
+    queues the reply with it): tab-separated, the Call-ID last (a Call-ID holds no
+    tab, a dlg_call() value is JSON, which escapes them)."""
+    return f"{dlg_value}\t{start_ts or ''}\t{1 if answered else 0}\t{ended:.3f}\t{call_id}"
+
+
+def read_queue_key(key: str) -> tuple[str, str, str, bool, float]:
+    """(call_id, dlg_value, start_ts, answered, ended) of queue_key(); ValueError if not one."""
+    dlg_value, start_ts, answered, ended, call_id = key.split("\t", 4)
+    return call_id, dlg_value, start_ts, answered == "1", float(ended)
+
+
 def at_end(query_json: str, dlg_value: str, start_ts: Any, answered: bool,
            now: Optional[float] = None) -> Optional[CallEnd]:
     """The quality line of a call that ends (None: no media, nothing to say),
@@ -264,7 +311,7 @@ def at_end(query_json: str, dlg_value: str, start_ts: Any, answered: bool,
     except (ValueError, TypeError):
         direction = dn = from_tag = ""
     call = parse_json(query_json, caller_tag=str(from_tag),
-                      caller_side=PHONE if direction == "outbound" else PBX)
+                      caller_side=PHONE if direction == "outbound" else PBX, detail=False)
     if call is None or not had_media(call, answered):
         return None
     start = _int(start_ts) or 0

@@ -4,9 +4,17 @@ figures, collected with KSR at a call's end.
 A mixin of the Gateway (kemi/app.py): `_dlg_call_start` where a call starts
 (the initial INVITE, to the agent or to the PBX), `_call_quality` in
 _media_delete, just before rtpengine's session goes (BYE, CANCEL, failure,
-timeout).
+timeout), and `ksr_quality_timer`, which writes the lines.
+
+Why a queue: the SIP worker only asks rtpengine (C) and queues its reply; the
+timer process (kamailio.cfg, every 100 ms, with the reconnect timer) reads the
+replies in batches. Parsed one at a time in a worker between SIP messages, the
+JSON and its walk ran with cold caches: ~150 us a call there against ~25 us in a
+batch (bench/NOTES.md), the largest single item of a call's Kamailio CPU.
 """
 from __future__ import annotations
+
+import time
 
 import KSR  # noqa: E402  (provided by app_python3)
 
@@ -15,6 +23,7 @@ from kemi.ksr_edge import pv as _pv
 
 QUERY_VAR = "$var(gw_rtpq)"            # rtpengine's query reply (JSON) at a call's end
 DLG_CALL = "$dlg_var(gw_call)"         # direction, DN, caller's tag (quality.dlg_call)
+QUEUE = "gwquality"                    # kamailio.cfg mqueue: calls ended, their lines not yet written
 
 
 class QualityReport:
@@ -31,15 +40,35 @@ class QualityReport:
     def _call_quality(answered: bool) -> None:
         """Why: rtpengine's figures (RTCP loss, jitter, MOS) go with its session: read
         them before the delete, from the node the rtpengine module chose for the
-        call (its call-id table: with several engines, the one that holds it)."""
+        call (its call-id table: with several engines, the one that holds it), and
+        queue them for ksr_quality_timer. One report per call: the dialog is marked."""
         try:
-            if KSR.rtpengine.rtpengine_query_v("j", QUERY_VAR) < 0:
+            dlg_call = _pv(DLG_CALL)
+            # Reported already (crossing BYEs): not even the query.
+            if dlg_call == quality.REPORTED or KSR.rtpengine.rtpengine_query_v("j", QUERY_VAR) < 0:
                 return
-            end = quality.at_end(_pv(QUERY_VAR), _pv(DLG_CALL), _pv("$dlg(start_ts)"), answered)
-            if end is None:
-                return
-            KSR.info(logfmt.line("call.quality", call_id=KSR.kx.get_callid(), **end.fields) + "\n")
-            metrics.observe_quality(end.call)
+            key = quality.queue_key(KSR.kx.get_callid(), dlg_call, _pv("$dlg(start_ts)"), answered,
+                                    time.time())
+            if KSR.mqueue.mq_add(QUEUE, key, _pv(QUERY_VAR)) < 0:
+                raise RuntimeError(f"mqueue {QUEUE} refused the call's figures")
             KSR.pv.sets(DLG_CALL, quality.REPORTED)   # a crossing BYE reports nothing more
         except Exception as exc:  # the figures may be lost, never the delete
             KSR.err(logfmt.line("call.quality_failed", error=repr(exc), call_id=KSR.kx.get_callid()) + "\n")
+
+    def ksr_quality_timer(self, msg: object, evname: str = "") -> int:
+        """Why: the quality line and histograms of every call that ended since the
+        last tick, in one batch (see the module's docstring). The histograms are
+        observed before the line is written: whoever sees the line sees them."""
+        while KSR.mqueue.mq_fetch(QUEUE) > 0:
+            key, reply = _pv(f"$mqk({QUEUE})"), _pv(f"$mqv({QUEUE})")
+            call_id = key
+            try:
+                call_id, dlg_call, start_ts, answered, ended = quality.read_queue_key(key)
+                end = quality.at_end(reply, dlg_call, start_ts, answered, now=ended)
+                if end is None:
+                    continue
+                metrics.observe_quality(end.call)
+                KSR.info(logfmt.line("call.quality", call_id=call_id, **end.fields) + "\n")
+            except Exception as exc:  # one call's figures, never the others'
+                KSR.err(logfmt.line("call.quality_failed", error=repr(exc), call_id=call_id) + "\n")
+        return 1

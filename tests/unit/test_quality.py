@@ -140,3 +140,24 @@ def test_at_end_reports_a_call_once():
     reply = json.dumps(load("clean_phone_to_pbx"))
     assert quality.at_end(reply, quality.dlg_call("outbound", "1", "t"), "0", answered=True) is not None
     assert quality.at_end(reply, quality.REPORTED, "0", answered=True) is None
+
+
+def test_queue_key_round_trip():
+    """kemi/qualityroute.py queues what at_end needs with rtpengine's reply."""
+    dlg = quality.dlg_call("inbound", "4683", "tag\twith a tab")
+    key = quality.queue_key("abc@198.51.100.1", dlg, "1000", True, 1031.7)
+    assert quality.read_queue_key(key) == ("abc@198.51.100.1", dlg, "1000", True, 1031.7)
+    assert quality.read_queue_key(quality.queue_key("x", "", "", False, 1.0)) == ("x", "", "", False, 1.0)
+    with pytest.raises(ValueError):
+        quality.read_queue_key("not a key")
+
+
+def test_light_parse_counts_what_the_full_one_does():
+    """at_end's legs (detail=False) carry the same side, tag, SSRCs and packets."""
+    for name in ("clean_phone_to_pbx", "lossy_pbx_leg_phone_to_pbx", "lossy_pbx_leg_pbx_to_phone",
+                 "pbx_without_rtcp"):
+        full, light = quality.parse(load(name)), quality.parse(load(name), detail=False)
+        assert [(x.side, x.tag, x.ssrcs, x.packets) for x in full.legs] == \
+            [(x.side, x.tag, x.ssrcs, x.packets) for x in light.legs]
+        assert full.came_from == light.came_from
+        assert quality.log_fields(full) == quality.log_fields(light)
