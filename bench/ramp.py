@@ -79,9 +79,15 @@ def find_peak(bench: "Bench", test: str, variant: str, start: float) -> Peak:
 
 
 def half_peak(bench: "Bench", peaks_found: dict) -> dict:
-    """test -> (rate, {variant or "direct": Step}) at half the KEMI peak."""
+    """test -> (rate, {variant or "direct": Step}) at half the KEMI peak.
+
+    Each variant runs BENCH_LAT_ROUNDS times, the variants alternating and their
+    order swapped every round (so a drift of the box weighs on both alike); its
+    Step is the rounds pooled. bench.results["lat_rounds"] keeps each round's
+    Steps for the report."""
     cfg = bench.cfg
     lat: dict = {}
+    rounds_kept: dict = bench.results.setdefault("lat_rounds", {})
     # BENCH_TESTS=lat alone: the fixed-rate runs only, at half BENCH_CALL_START /
     # BENCH_REG_START (an A/B comparison of CPU per call without the ramps).
     lat_tests = [t for t in ("out", "in", "reg") if t in cfg.tests] or ["out", "in", "reg"]
@@ -89,11 +95,17 @@ def half_peak(bench: "Bench", peaks_found: dict) -> dict:
         start = cfg.reg_start if test == "reg" else cfg.call_start
         peak = peaks_found.get((test, "kemi")) or peaks_found.get((test, cfg.variants[0]))
         rate = max(round((peak.rate if peak else start) / 2), 5)
-        bench.log(f"=== half-peak {test} at {rate}/s: latency and CPU per call")
+        bench.log(f"=== half-peak {test} at {rate}/s: latency and CPU per call"
+                  + (f", {cfg.lat_rounds} rounds" if cfg.lat_rounds > 1 else ""))
         runs = {}
         if test != "reg":
             runs["direct"] = sip_step(bench, "direct", "direct", rate, seconds=cfg.lat_s, latency=True)
+        each: dict[str, list[Step]] = {v: [] for v in cfg.variants}
+        for n in range(max(cfg.lat_rounds, 1)):
+            for v in (cfg.variants if n % 2 == 0 else cfg.variants[::-1]):
+                each[v].append(sip_step(bench, test, v, rate, seconds=cfg.lat_s, latency=test != "reg"))
         for v in cfg.variants:
-            runs[v] = sip_step(bench, test, v, rate, seconds=cfg.lat_s, latency=test != "reg")
+            runs[v] = Step.pooled(each[v])
+        rounds_kept[test] = each
         lat[test] = (rate, runs)
     return lat

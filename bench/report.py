@@ -138,7 +138,23 @@ def _cpu_rows(res: dict) -> list[list[str]]:
         rows.append([f"CPU us per {label}: Kamailio alone", _fmt(kk), _fmt(nk), _ratio(kk, nk),
                      f"<= {kam_t}" if kam_t else "",
                      _met(None if not kk or not nk else kk / nk <= kam_t) if kam_t else ""])
+        rows += _round_rows(res.get("lat_rounds", {}).get(test, {}))
     return rows
+
+
+def _round_rows(each: dict) -> list[list[str]]:
+    """The rounds the two rows above pool (BENCH_LAT_ROUNDS): each round's figures,
+    so the spread between rounds is in sight next to the pooled ratio."""
+    k, n = each.get("kemi", []), each.get("native", [])
+    if min(len(k), len(n)) < 2:
+        return []
+
+    def per(comp: Optional[str]) -> list[str]:
+        return [_ratio(a.cpu_us(comp), b.cpu_us(comp)) for a, b in zip(k, n)]
+    return [[f"  each of the {len(k)} rounds, total / Kamailio alone",
+             ", ".join(_fmt(a.cpu_us()) + " / " + _fmt(a.cpu_us("kamailio")) for a in k),
+             ", ".join(_fmt(b.cpu_us()) + " / " + _fmt(b.cpu_us("kamailio")) for b in n),
+             ", ".join(per(None)) + " / " + ", ".join(per("kamailio")), "", ""]]
 
 
 def _wsreg_rows(res: dict) -> list[list[str]]:

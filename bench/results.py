@@ -39,6 +39,32 @@ class Step:
         total = sum(self.cpu.values()) if comp is None else self.cpu.get(comp, 0.0)
         return total / self.successful * 1e6
 
+    @classmethod
+    def pooled(cls, steps: list["Step"]) -> "Step":
+        """Several runs of the same step as one: counts, CPU and latencies added up,
+        so CPU per call is the total over all the rounds' calls."""
+        if len(steps) == 1:
+            return steps[0]
+        first = steps[0]
+        out = cls(first.test, first.variant, first.rate, sum(s.calls for s in steps))
+        for s in steps:
+            out.successful += s.successful
+            out.failed += s.failed
+            out.retrans += s.retrans
+            out.wall += s.wall
+            out.udp_drops += s.udp_drops
+            for mine, theirs in ((out.cpu, s.cpu), (out.sipp_cpu, s.sipp_cpu)):
+                for k, v in theirs.items():
+                    mine[k] = mine.get(k, 0.0) + v
+            out.lat100 += s.lat100
+            out.lat180 += s.lat180
+            out.lat200 += s.lat200
+        out.achieved = min(s.achieved for s in steps)
+        out.box_busy = max(s.box_busy for s in steps)
+        out.load_cores = {k: max(s.load_cores.get(k, 0.0) for s in steps) for k in first.load_cores}
+        out.note = "; ".join(s.note for s in steps if s.note)
+        return out
+
     def brief(self) -> str:
         state = "clean" if self.clean else "FAIL"
         extra = f" ({self.note})" if self.note else ""

@@ -58,6 +58,7 @@ class Config:
     run_dir: Path
     keep: bool
     pause: float          # settle time between steps, seconds
+    lat_rounds: int = 1   # fixed-rate runs per variant, alternating (CPU per call pooled)
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -96,4 +97,5 @@ class Config:
                               str(ROOT / "bench" / "_runs" / stamp), str(ROOT / "bench" / "_runs" / stamp), str)),
             keep=_env("BENCH_KEEP", "0", "0", "0", str) == "1",
             pause=_env("BENCH_PAUSE_S", 0.5, 0.3, 0.1),
+            lat_rounds=_env("BENCH_LAT_ROUNDS", 3, 1, 1, int),
         )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from json.encoder import encode_basestring_ascii as _q   # json.dumps' string encoder (C)
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -283,7 +284,8 @@ REPORTED = "reported"
 def dlg_call(direction: str, dn: str, from_tag: str) -> str:
     """What the dialog keeps from the initial INVITE for the call's end: which
     way it went (inbound: to the agent), the agent's DN and the caller's tag."""
-    return json.dumps([direction, dn or "", from_tag or ""])
+    # json.dumps([...]) written out with its own string encoder (every call's INVITE)
+    return f"[{_q(direction)}, {_q(dn or '')}, {_q(from_tag or '')}]"
 
 
 def queue_key(call_id: str, dlg_value: str, start_ts: Any, answered: bool, ended: float) -> str:

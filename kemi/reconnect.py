@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import re
 from json.encoder import encode_basestring_ascii as _q   # json.dumps' string encoder
 import time
 from dataclasses import asdict, dataclass
@@ -100,11 +101,19 @@ def _is_ws(uri: str) -> bool:
     return _address(uri)[2] in ("ws", "wss")
 
 
+# A WebSocket transport anywhere in a Route set: without one, no Route is a node's
+# WebSocket side (what _address would find, case and spaces as it allows them).
+_WS_HINT = re.compile(r"transport\s*=\s*wss?\b", re.IGNORECASE)
+
+
 def from_phone_side(routes: str) -> bool:
     """The request entered the dialog's route on its WebSocket side (the top Route
     is a node's WebSocket address): it comes from the phone, even when it reached
     us over UDP from the node now holding the phone's connection. (Every in-dialog
-    request asks: the top Route alone is read when it is a plain <URI>.)"""
+    request asks: a Route set without a WebSocket transport is answered by one
+    regular expression, else the top Route alone is read when it is a plain <URI>.)"""
+    if not _WS_HINT.search(routes):
+        return False
     top = routes.lstrip()
     end = top.find(">")
     if top.startswith("<") and end > 0 and '"' not in top[:end]:

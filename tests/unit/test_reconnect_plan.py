@@ -147,3 +147,15 @@ def test_due_resumes_expires_and_drops_what_it_cannot_read():
 @pytest.mark.parametrize("key,ids", [("123:456", (123, 456)), ("123", None), ("a:1", None), (":", None)])
 def test_transaction_id(key, ids):
     assert transaction_id(key) == ids
+
+
+def test_from_phone_side_reads_the_top_route_however_written():
+    """Every in-dialog request asks; a Route set with no WebSocket transport is
+    answered without parsing it, the rest as before."""
+    assert from_phone_side("<sip:192.0.2.10:8080;transport=ws;lr;r2=on>, <sip:192.0.2.10;lr>")
+    assert from_phone_side("<sip:192.0.2.10:8080;lr;TRANSPORT=WSS>")
+    assert from_phone_side("<sip:192.0.2.10:8080;lr;transport = ws>")
+    assert not from_phone_side("<sip:192.0.2.10;lr>, <sip:192.0.2.10:8080;transport=ws;lr>")
+    assert not from_phone_side("<sip:192.0.2.10;lr;transport=wsx>")
+    assert not from_phone_side("<sip:192.0.2.10;lr;r2=on>")
+    assert not from_phone_side("")
