@@ -33,6 +33,8 @@ few-seconds harness check):
   BENCH_CONN_CALL_CONCURRENCY, BENCH_CONN_IDLE_S, BENCH_CONN_SETTLE_S,
   BENCH_WEBRTC_CALLS, BENCH_WEBRTC_N, BENCH_WEBRTC_S, BENCH_WEBRTC_ROUNDS, BENCH_WEBRTC_VARIANTS,
   BENCH_WEBRTC_COST_ROUNDS (the WebRTC media section; `python -m bench.media_webrtc` runs it alone)
+`python -m bench.abcpu` (bench/abcpu.py) runs the KEMI app, the native cfg and optionally a
+patched app at the same time under the same calls: the A/B that decides whether a change pays.
 `python -m bench --render bench/_runs/<run>/results.pickle [out.md]` writes the
 report again from a finished run (e.g. after editing bench/NOTES.md).
 
