@@ -37,16 +37,14 @@ DNS = 1000
 
 @dataclass
 class Stack:
-    """What icount.sipp_flow drives: a started gateway and its label."""
+    """What icount.sipp_flow drives: a started gateway and its label; `idle` its
+    Kamailio's CPU seconds per second with no calls (the timers), taken off."""
     variant: str
     s: stacks.BenchStack
+    idle: float = 0.0
 
-    def cpu_ticks(self) -> int:
-        total = 0
-        for pid in [self.s.kamailio.pid] + self.s.kamailio_workers():
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])      # utime + stime
-        return total
+    def kamailio_cpu(self) -> float:
+        return self.s.cpu()["kamailio"]        # all of its processes, as make bench counts
 
 
 def _start(label: str, base: Path, rtp, ng, media_ports, patches: str, cfg: str) -> Stack:
@@ -71,6 +69,56 @@ def _start(label: str, base: Path, rtp, ng, media_ports, patches: str, cfg: str)
     return Stack(label.replace("+", "_"), s)
 
 
+def side_by_side(started: list[Stack], flow: str, inf: Path, work: Path, *, calls: int, rate: float,
+                 rounds: int, log=print) -> dict[str, list[tuple[float, int]]]:
+    """Each round, every stack takes `calls` calls at `rate` at the same time; per
+    stack and round: (Kamailio CPU seconds, calls completed)."""
+    out: dict[str, list[tuple[float, int]]] = {st.variant: [] for st in started}
+    for n in range(rounds):
+        time.sleep(3)          # rtpengine's deleted calls of the last round leave first
+        t0 = time.monotonic()
+        before = {st.variant: st.kamailio_cpu() for st in started}
+        done: dict[str, int] = {}
+        threads = [threading.Thread(target=lambda st=st: done.__setitem__(
+            st.variant, icount.sipp_flow(st, flow, calls, rate, work, inf))) for st in started]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1.5)        # the quality timer's last batch
+        seconds = time.monotonic() - t0
+        for st in started:
+            used = st.kamailio_cpu() - before[st.variant] - st.idle * seconds
+            out[st.variant].append((max(used, 0.0), done.get(st.variant, 0)))
+        log(f"{flow} round {n}: " + ", ".join(
+            f"{v} {per_call(r[-1:]):.0f} us/call ({r[-1][1]} calls)" for v, r in out.items()))
+    return out
+
+
+def per_call(rounds: list[tuple[float, int]]) -> float:
+    """Kamailio CPU microseconds per call over the rounds, pooled."""
+    calls = sum(c for _, c in rounds)
+    return sum(t for t, _ in rounds) * 1e6 / calls if calls else float("nan")
+
+
+def bench_steps(bench, peaks_found: dict) -> dict:
+    """make bench's side-by-side step (BENCH_TESTS ab): for each call flow, the KEMI
+    and native stacks take calls at once, each at a quarter of the KEMI peak (the
+    box carries what one stack does at half the peak, where the fixed-rate runs are),
+    BENCH_AB_ROUNDS rounds of BENCH_LAT_S seconds. flow -> (rate, {variant: rounds})."""
+    cfg = bench.cfg
+    started = [Stack(v, bench.stacks[v], bench.idle.get(v, {}).get("kamailio", 0.0)) for v in cfg.variants]
+    res = {}
+    for flow, inf in (("out", bench.users_out), ("in", bench.users_in)):
+        peak = peaks_found.get((flow, "kemi"))
+        rate = max(round((peak.rate if peak else cfg.call_start) / 4), 5)
+        bench.log(f"=== side by side {flow}: {' and '.join(cfg.variants)} at once, {rate}/s each, "
+                  f"{cfg.ab_rounds} rounds (bench/abcpu.py)")
+        res[flow] = (rate, side_by_side(started, flow, inf, bench.work, calls=max(int(rate * cfg.lat_s), 1),
+                                        rate=rate, rounds=cfg.ab_rounds, log=bench.log))
+    return res
+
+
 def main() -> int:
     flow = os.environ.get("ABCPU_FLOW", "in")
     calls = int(os.environ.get("ABCPU_CALLS", "2000"))
@@ -86,7 +134,6 @@ def main() -> int:
     inf = (sipp.write_inf(work / "agents.csv", [f"5{i:04d}" for i in range(DNS)]) if flow == "in"
            else sipp.write_inf(work / "pbx_users.csv", [f"2{i:04d}" for i in range(DNS)]))
     started: list[Stack] = []
-    hz = os.sysconf("SC_CLK_TCK")
     print(f"abcpu: {flow} at {rate:g} calls/s per stack, {calls} calls x {rounds} rounds, work dir {base}")
     try:
         for label in labels:
@@ -94,30 +141,10 @@ def main() -> int:
             started.append(st)
             stacks.write_bindings(st.s, [f"5{i:04d}" for i in range(DNS)], stacks.free_ports(PHONE_IP, 1))
             icount.sipp_flow(st, flow, 200, 100, work, inf)       # warm-up, not counted
-        pooled = {st.variant: [0, 0] for st in started}
-        for n in range(rounds):
-            time.sleep(3)          # rtpengine's deleted calls of the last round leave first
-            before = {st.variant: st.cpu_ticks() for st in started}
-            done: dict[str, int] = {}
-            threads = [threading.Thread(target=lambda st=st: done.__setitem__(
-                st.variant, icount.sipp_flow(st, flow, calls, rate, work, inf))) for st in started]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            time.sleep(1.5)        # the quality timer's last batch
-            per = {}
-            for st in started:
-                ticks = st.cpu_ticks() - before[st.variant]
-                pooled[st.variant][0] += ticks
-                pooled[st.variant][1] += done[st.variant]
-                per[st.variant] = ticks * 1e6 / hz / max(done[st.variant], 1)
-            print(f"round {n}: " + ", ".join(f"{v} {us:.0f} us/call" for v, us in per.items())
-                  + " | / native: " + ", ".join(f"{v} {us / per['native']:.3f}" for v, us in per.items()),
-                  flush=True)
-        native = pooled["native"][0] / max(pooled["native"][1], 1)
-        print("pooled: " + ", ".join(f"{v} {t * 1e6 / hz / max(c, 1):.0f} us/call "
-                                      f"({t / max(c, 1) / native:.3f} x native)" for v, (t, c) in pooled.items()))
+        res = side_by_side(started, flow, inf, work, calls=calls, rate=rate, rounds=rounds)
+        native = per_call(res["native"])
+        print("pooled: " + ", ".join(f"{v} {per_call(r):.0f} us/call ({per_call(r) / native:.3f} x native)"
+                                      for v, r in res.items()))
     finally:
         for st in started:
             st.s.kamailio.stop(20)

@@ -139,7 +139,26 @@ def _cpu_rows(res: dict) -> list[list[str]]:
                      f"<= {kam_t}" if kam_t else "",
                      _met(None if not kk or not nk else kk / nk <= kam_t) if kam_t else ""])
         rows += _round_rows(res.get("lat_rounds", {}).get(test, {}))
+        rows += _side_by_side_rows(res.get("ab", {}).get(test), label, kam_t)
     return rows
+
+
+def _side_by_side_rows(ab: Optional[tuple], label: str, target: Optional[float]) -> list[list[str]]:
+    """bench/abcpu.py: both stacks taking calls at the same time, each round's
+    Kamailio CPU per call, pooled; its own spread stays within a few percent."""
+    if not ab:
+        return []
+    from bench.abcpu import per_call  # noqa: PLC0415
+    rate, each = ab
+    k, n = each.get("kemi", []), each.get("native", [])
+    if not k or not n:
+        return []
+    kk, nk = per_call(k), per_call(n)
+    rounds = ", ".join(_ratio(per_call([a]), per_call([b])) for a, b in zip(k, n))
+    return [[f"CPU us per {label}, both stacks taking calls at once @ {rate}/s each: Kamailio alone",
+             _fmt(kk), _fmt(nk), _ratio(kk, nk), f"<= {target}" if target else "",
+             _met(None if not kk or not nk or kk != kk or nk != nk else kk / nk <= target) if target else ""],
+            [f"  each of the {len(k)} rounds side by side", "", "", rounds, "", ""]]
 
 
 def _round_rows(each: dict) -> list[list[str]]:

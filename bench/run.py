@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import connections, media_webrtc, ramp, regstorm, rtp, sipp, stacks  # noqa: E402
+from bench import abcpu, connections, media_webrtc, ramp, regstorm, rtp, sipp, stacks  # noqa: E402
 from bench.measure import idle_rate, machine_info, proc_cpu  # noqa: E402
 from bench.profiling import profile  # noqa: E402
 from bench.report import report  # noqa: E402
@@ -129,6 +129,8 @@ class Bench:
         res["peaks"] = ramp.peaks(self)
         if "lat" in cfg.tests:
             res["lat"] = ramp.half_peak(self, res["peaks"])
+        if "ab" in cfg.tests and {"kemi", "native"} <= set(self.stacks):
+            res["ab"] = abcpu.bench_steps(self, res["peaks"])
         if "wsreg" in cfg.tests:
             self.log("=== REGISTER storm over WebSockets (bench/regstorm.py)")
             res["wsreg"] = regstorm.bench_storms(self)

@@ -59,6 +59,7 @@ class Config:
     keep: bool
     pause: float          # settle time between steps, seconds
     lat_rounds: int = 1   # fixed-rate runs per variant, alternating (CPU per call pooled)
+    ab_rounds: int = 1    # side-by-side rounds (bench/abcpu.py, BENCH_TESTS ab)
 
     @classmethod
     def from_env(cls) -> "Config":
@@ -87,8 +88,8 @@ class Config:
             shm_mb=_env("BENCH_SHM_MB", 0, 0, 0, int),
             log_level=_env("BENCH_LOG_LEVEL", "info", "info", "info", str),
             variants=_env("BENCH_VARIANTS", "kemi,native", "kemi,native", "kemi,native", str).split(","),
-            tests=_env("BENCH_TESTS", "out,in,reg,lat,wsreg,media,webrtc,profile,conn",
-                       "out,in,reg,lat,wsreg,media,webrtc,profile,conn", "out,in,reg,lat,wsreg,media,conn",
+            tests=_env("BENCH_TESTS", "out,in,reg,lat,ab,wsreg,media,webrtc,profile,conn",
+                       "out,in,reg,lat,ab,wsreg,media,webrtc,profile,conn", "out,in,reg,lat,ab,wsreg,media,conn",
                        str).split(","),
             profile=_env("BENCH_PROFILE", "1" if pyspy else "0", "1" if pyspy else "0", "0", str) == "1",
             out=Path(_env("BENCH_OUT", str(ROOT / "bench" / "RESULTS.md"), str(ROOT / "bench" / "RESULTS.md"),
@@ -98,4 +99,5 @@ class Config:
             keep=_env("BENCH_KEEP", "0", "0", "0", str) == "1",
             pause=_env("BENCH_PAUSE_S", 0.5, 0.3, 0.1),
             lat_rounds=_env("BENCH_LAT_ROUNDS", 3, 1, 1, int),
+            ab_rounds=_env("BENCH_AB_ROUNDS", 4, 2, 1, int),
         )
