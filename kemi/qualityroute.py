@@ -24,6 +24,7 @@ from kemi.ksr_edge import pv as _pv
 QUERY_VAR = "$var(gw_rtpq)"            # rtpengine's query reply (JSON) at a call's end
 DLG_CALL = "$dlg_var(gw_call)"         # direction, DN, caller's tag (quality.dlg_call)
 QUEUE = "gwquality"                    # kamailio.cfg mqueue: calls ended, their lines not yet written
+QUEUE_MAX = 1000                       # its size there: mqueue would drop the oldest without a word
 
 
 class QualityReport:
@@ -47,11 +48,17 @@ class QualityReport:
             # Reported already (crossing BYEs): not even the query.
             if dlg_call == quality.REPORTED or KSR.rtpengine.rtpengine_query_v("j", QUERY_VAR) < 0:
                 return
+            KSR.pv.sets(DLG_CALL, quality.REPORTED)   # a crossing BYE reports nothing more
+            if KSR.mqueue.mq_size(QUEUE) >= QUEUE_MAX:
+                # The timer process is stuck or far behind: this call's line is the one
+                # lost, said here, rather than the oldest one's without a word.
+                KSR.err(logfmt.line("call.quality_dropped", why="quality queue full", queued=QUEUE_MAX,
+                                    call_id=KSR.kx.get_callid()) + "\n")
+                return
             key = quality.queue_key(KSR.kx.get_callid(), dlg_call, _pv("$dlg(start_ts)"), answered,
                                     time.time())
             if KSR.mqueue.mq_add(QUEUE, key, _pv(QUERY_VAR)) < 0:
                 raise RuntimeError(f"mqueue {QUEUE} refused the call's figures")
-            KSR.pv.sets(DLG_CALL, quality.REPORTED)   # a crossing BYE reports nothing more
         except Exception as exc:  # the figures may be lost, never the delete
             KSR.err(logfmt.line("call.quality_failed", error=repr(exc), call_id=KSR.kx.get_callid()) + "\n")
 
