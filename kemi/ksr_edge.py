@@ -13,12 +13,11 @@ def pv(name: str) -> str:
     return "" if value is None else str(value)
 
 
+_LEVELS = frozenset({"err", "warn", "dbg", "info"})   # KSR's log functions by name
+
+
 def log(level: str, event: str, **fields: object) -> None:
     """level: err, warn, dbg or info (anything else)."""
     if "call_id" not in fields:
         fields["call_id"] = KSR.kx.get_callid()
-    text = logfmt.line(event, **fields) + "\n"
-    if level == "info":
-        KSR.info(text)
-    else:
-        {"err": KSR.err, "warn": KSR.warn, "dbg": KSR.dbg}.get(level, KSR.info)(text)
+    getattr(KSR, level if level in _LEVELS else "info")(logfmt.line(event, **fields) + "\n")

@@ -129,32 +129,14 @@ def _endpoint(ep: Any) -> str:
 
 def _counted(tag: dict) -> tuple[list[dict], list[dict], tuple[int, ...], int]:
     """A tag's medias, its RTP streams (the first stream when none is marked RTP),
-    its SSRCs and the RTP packets rtpengine received from it. (Written for speed,
-    with the checks of _dicts/_int inline: every call's end runs it.)"""
+    its SSRCs and the RTP packets rtpengine received from it: what every call's
+    quality line needs (_leg adds the rest for gwctl)."""
     medias = _dicts(tag.get("medias"))
-    streams = []
-    for m in medias:
-        ss = m.get("streams")
-        if type(ss) is list:
-            streams += [s for s in ss if type(s) is dict]
-    rtp = []
-    ssrcs = set()
-    for s in streams:
-        flags = s.get("flags")
-        if type(flags) is list and "RTP" in flags:
-            rtp.append(s)
-        ssrc = s.get("SSRC")
-        if ssrc is not None:
-            ssrc = ssrc if type(ssrc) is int else _int(ssrc)
-            if ssrc is not None:
-                ssrcs.add(ssrc)
-    rtp = rtp or streams[:1]
-    packets = 0
-    for s in rtp:
-        stats = s.get("stats")
-        n = stats.get("packets") if type(stats) is dict else None
-        packets += (n if type(n) is int else _int(n) or 0) if n is not None else 0
-    return medias, rtp, tuple(sorted(ssrcs)), packets
+    streams = [s for m in medias for s in _dicts(m.get("streams"))]
+    rtp = [s for s in streams if "RTP" in _list(s.get("flags"))] or streams[:1]
+    ssrcs = tuple(sorted({v for v in (_int(s.get("SSRC")) for s in streams) if v is not None}))
+    packets = sum(_int(_dict(s.get("stats")).get("packets")) or 0 for s in rtp)
+    return medias, rtp, ssrcs, packets
 
 
 def _leg(tag: dict, side: str, detail: bool = True) -> Leg:
