@@ -131,7 +131,8 @@ def main() -> int:
     rtp, ng = stacks.start_rtpengine(base / "rtpengine", media_ports)
     work = base / "sipp"
     work.mkdir()
-    inf = (sipp.write_inf(work / "agents.csv", [f"5{i:04d}" for i in range(DNS)]) if flow == "in"
+    agents = [f"5{i:04d}" for i in range(DNS)]
+    inf = (sipp.write_inf(work / "agents.csv", agents) if flow == "in"
            else sipp.write_inf(work / "pbx_users.csv", [f"2{i:04d}" for i in range(DNS)]))
     started: list[Stack] = []
     print(f"abcpu: {flow} at {rate:g} calls/s per stack, {calls} calls x {rounds} rounds, work dir {base}")
@@ -139,7 +140,7 @@ def main() -> int:
         for label in labels:
             st = _start(label, base, rtp, ng, media_ports, patches, os.environ.get("ABCPU_CFG", ""))
             started.append(st)
-            stacks.write_bindings(st.s, [f"5{i:04d}" for i in range(DNS)], stacks.free_ports(PHONE_IP, 1))
+            stacks.write_bindings(st.s, agents, stacks.free_ports(PHONE_IP, 1))
             icount.sipp_flow(st, flow, 200, 100, work, inf)       # warm-up, not counted
         res = side_by_side(started, flow, inf, work, calls=calls, rate=rate, rounds=rounds)
         native = per_call(res["native"])
